@@ -1,0 +1,3 @@
+from infersup.cli import main
+
+main()

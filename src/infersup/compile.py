@@ -1,0 +1,247 @@
+"""Profile -> LaunchPlan. Pure: no file system, no processes, no environment.
+
+Everything compile needs is passed in: the server's flag table, the program
+prefix that starts it and the resolved model location. The same inputs always
+give the same argv, which is what ``infersup show`` prints and the golden
+tests pin.
+
+Rules (see the README's profile format):
+- emit model, host and port, then ``server:`` options in the order written,
+  then ``extra_args`` verbatim; nothing else, so server defaults stay the
+  server's (an absent ``n_gpu_layers`` keeps llama.cpp's fit in charge);
+- ``true`` on a switch emits it, ``false`` its ``--no-`` form when the server
+  has one (otherwise nothing: the switch is off unless given);
+- a boolean on a flag that takes a value is mapped onto its choices
+  (YAML 1.1 reads ``fit: on`` as ``True``, which must become ``--fit on``);
+- lists join with commas where the flag takes a comma list, become separate
+  values where it takes several (argparse ``nargs``);
+- ``key=value`` lists (``override_tensor``) accept ``{pattern: BUF}`` items and
+  keep their order: llama.cpp uses the first pattern that matches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from infersup.backends import backend_info
+from infersup.backends.base import BackendInfo
+from infersup.backends.flags import FlagSpec, FlagTable, flag_to_key, key_to_flag
+from infersup.errors import ConfigError, suggestion
+from infersup.profiles.schema import Pair, Profile, Setting, Value
+
+_BOOL_WORDS = (("on", "off"), ("true", "false"), ("1", "0"), ("enabled", "disabled"))
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Exactly what will be executed for a profile."""
+
+    profile_id: str
+    backend: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    host: str
+    port: int
+    health_path: str
+    stop_grace_s: float
+    program_len: int = 1
+    flags_source: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def base_url(self) -> str:
+        """Where a client on this machine reaches the server."""
+        host = self.host.split(",")[0]
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        return self.base_url + self.health_path
+
+
+def compile_profile(
+    profile: Profile,
+    *,
+    table: FlagTable,
+    program: tuple[str, ...],
+    model: str,
+) -> LaunchPlan:
+    """Turn a profile into a LaunchPlan, checking every server option against ``table``."""
+    backend = backend_info(profile.backend)
+    port = profile.effective_port
+    argv: list[str] = [*program, backend.model_flag, model, "--host", profile.host]
+    argv += ["--port", str(port)]
+    reserved = {
+        id(spec): top
+        for top, flag in (("model", backend.model_flag), ("host", "--host"), ("port", "--port"))
+        if (spec := table.get(flag)) is not None
+    }
+    seen: dict[int, Setting] = {}
+    for setting in profile.server:
+        spec = _lookup(setting, table, backend)
+        if id(spec) in reserved:
+            top = reserved[id(spec)]
+            raise ConfigError(
+                f"{setting.where}: set `{top}:` at the top level of the profile, "
+                "not under `server:`"
+            )
+        if id(spec) in seen:
+            first = seen[id(spec)]
+            raise ConfigError(
+                f"{setting.where}: same server flag as {first.where} ({spec.canonical})",
+                hint="keep one of them",
+            )
+        seen[id(spec)] = setting
+        argv += render_setting(setting, spec)
+    argv += profile.extra_args
+    return LaunchPlan(
+        profile_id=profile.id,
+        backend=profile.backend,
+        argv=tuple(argv),
+        env=MappingProxyType(dict(profile.env)),
+        host=profile.host,
+        port=port,
+        health_path=backend.health_path,
+        stop_grace_s=profile.supervise.stop_grace_s,
+        program_len=len(program),
+        flags_source=table.source,
+    )
+
+
+def _lookup(setting: Setting, table: FlagTable, backend: BackendInfo) -> FlagSpec:
+    spec = table.for_key(setting.key)
+    if spec is None:
+        key = setting.key
+        hint: str | None = None
+        short = table.short_to_key().get(key)
+        if short is not None:
+            hint = f"`{key}` is a short flag; use the long name `{short}`"
+        elif (renamed := backend.rename_hint(key)) is not None:
+            hint = renamed
+        elif key.startswith("-"):
+            hint = f"write flag names without dashes, with `_` for `-`: `{flag_to_key(key)}`"
+        else:
+            hint = "put flags infersup should not check in `extra_args`"
+        raise ConfigError(
+            f"{setting.where}: {table.server} has no flag {key_to_flag(key)}"
+            f"{suggestion(key, table.profile_keys())}",
+            hint=f"{hint} (flags from {table.source})",
+        )
+    if spec.removed:
+        raise ConfigError(f"{setting.where}: {key_to_flag(setting.key)}: {spec.removed}")
+    return spec
+
+
+def render_setting(setting: Setting, spec: FlagSpec) -> list[str]:
+    """The argv words for one server option (flag and values)."""
+    flag = key_to_flag(setting.key)
+    value = setting.value
+    where = setting.where
+    if value is None:
+        raise ConfigError(
+            f"{where}: no value given",
+            hint="remove the key to keep the server's default",
+        )
+    if not spec.takes_value:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {flag} is a switch: expected true or false, got {value!r}")
+        if flag in spec.negations:  # `no_jinja: true`
+            return [flag] if value else [spec.canonical]
+        if value:
+            return [flag]
+        return [spec.negation] if spec.negation else []
+    if spec.nargs == "?" and value is True:
+        return [flag]
+    if isinstance(value, tuple):
+        return [flag, *_render_list(value, spec, flag, where)]
+    if isinstance(value, Pair):
+        return [flag, *_render_list((value,), spec, flag, where)]
+    text = _scalar_text(value, spec, flag, where)
+    return [flag, text]
+
+
+def _render_list(items: tuple[Value, ...], spec: FlagSpec, flag: str, where: str) -> list[str]:
+    if not items:
+        raise ConfigError(f"{where}: empty list", hint="remove the key to keep the default")
+    words = []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        if isinstance(item, Pair):
+            if not spec.key_value:
+                raise ConfigError(f"{at}: {flag} does not take `key: value` items")
+            word = f"{item.key}={item.value}"
+        elif isinstance(item, tuple):
+            raise ConfigError(f"{at}: nested lists are not supported")
+        else:
+            word = _scalar_text(item, spec, flag, at)
+            if spec.key_value and "=" not in word:
+                raise ConfigError(
+                    f"{at}: {flag} expects `pattern=VALUE` items, got {word!r}",
+                    hint=f"for example `{spec.hint}`",
+                )
+        words.append(word)
+    if spec.comma_list:
+        for i, word in enumerate(words):
+            if "," in word:
+                raise ConfigError(
+                    f"{where}[{i}]: {word!r} contains a comma, but {flag} splits its value "
+                    "on commas",
+                    hint="rewrite the pattern without ',' (e.g. `(a|b)` instead of `{1,2}`)",
+                )
+        return [",".join(words)]
+    if spec.nargs in ("+", "*") or (isinstance(spec.nargs, int) and spec.nargs == len(words)):
+        return words
+    if isinstance(spec.nargs, int):
+        raise ConfigError(
+            f"{where}: {flag} takes {spec.nargs} values ({spec.hint}), got {len(words)}"
+        )
+    raise ConfigError(f"{where}: {flag} takes a single value, got a list of {len(words)}")
+
+
+def _scalar_text(value: Value, spec: FlagSpec, flag: str, where: str) -> str:
+    if isinstance(value, bool):
+        text = _bool_word(value, spec, flag, where)
+    elif isinstance(value, float):
+        text = repr(value)
+    else:
+        text = str(value)
+    if spec.choices is not None and text not in spec.choices:
+        raise ConfigError(
+            f"{where}: {text!r} is not a valid value for {flag}"
+            f"{suggestion(text, spec.choices)}",
+            hint=f"expected one of: {', '.join(spec.choices)}",
+        )
+    _check_type(text, spec, flag, where)
+    return text
+
+
+def _bool_word(value: bool, spec: FlagSpec, flag: str, where: str) -> str:
+    choices = spec.choices or ()
+    for yes, no in _BOOL_WORDS:
+        if yes in choices and no in choices:
+            return yes if value else no
+    if spec.value_type == "bool" or spec.value_type == "str_to_bool":
+        return "true" if value else "false"
+    raise ConfigError(
+        f"{where}: {flag} takes a value ({spec.hint or 'VALUE'}), not true/false",
+        hint="quote the value if YAML turned on/off/yes/no into a boolean",
+    )
+
+
+def _check_type(text: str, spec: FlagSpec, flag: str, where: str) -> None:
+    kinds = {"int": int, "float": float}
+    kind = kinds.get(spec.value_type or "")
+    if kind is None:
+        return
+    try:
+        kind(text)
+    except ValueError:
+        raise ConfigError(
+            f"{where}: {flag} expects {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None

@@ -1,0 +1,1 @@
+"""Profiles: schema, YAML and models.conf loaders, discovery."""

@@ -1,0 +1,244 @@
+"""Load ``profiles/<id>.yaml`` into a ``Profile``.
+
+Every key is checked: unknown keys are errors with a did-you-mean, types are
+checked with the key path in the message. Server options are not checked
+here (that needs the server's flag table); they are kept with their location
+so ``compile`` can report problems precisely.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infersup.errors import ConfigError, suggestion
+from infersup.profiles.schema import (
+    BACKENDS,
+    DEFAULT_HOST,
+    DEFAULT_STOP_GRACE_S,
+    Pair,
+    Profile,
+    Setting,
+    SuperviseSettings,
+    Value,
+)
+
+TOP_LEVEL_KEYS = (
+    "description",
+    "backend",
+    "model",
+    "host",
+    "port",
+    "server",
+    "extra_args",
+    "env",
+    "supervise",
+)
+SUPERVISE_KEYS = ("stop_grace_s",)
+
+
+def load_yaml_profile(path: Path, *, display: str | None = None) -> Profile:
+    shown = display or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{shown}: not valid YAML{at}: {problem}") from None
+    return profile_from_mapping(data, profile_id=path.stem, source=str(path), shown=shown)
+
+
+def profile_from_mapping(data: object, *, profile_id: str, source: str, shown: str) -> Profile:
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{shown}: expected a mapping of profile keys at the top level, "
+            f"got {_type_name(data)}",
+            hint="start with `backend: llama.cpp` and `model: file.gguf`",
+        )
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            near = suggestion(str(key), TOP_LEVEL_KEYS)
+            raise ConfigError(
+                f"{shown}: {key}: unknown key{near}",
+                hint=None
+                if near
+                else f"top-level keys are: {', '.join(TOP_LEVEL_KEYS)}; "
+                "server flags go under `server:` (e.g. `server: {ctx_size: 8192}`)",
+            )
+
+    def at(key: str) -> str:
+        return f"{shown}: {key}"
+
+    backend = _req_str(data, "backend", at)
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"{at('backend')}: unknown backend {backend!r}{suggestion(backend, BACKENDS)}",
+            hint=f"expected one of: {', '.join(BACKENDS)}",
+        )
+    model = _req_str(data, "model", at)
+    port = data.get("port")
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool)):
+        raise ConfigError(f"{at('port')}: expected an integer port, got {port!r}")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"{at('port')}: {port} is out of range 1-65535")
+    return Profile(
+        id=profile_id,
+        backend=backend,
+        model=model,
+        source=source,
+        where=shown,
+        description=_opt_str(data, "description", at) or "",
+        host=_opt_str(data, "host", at) or DEFAULT_HOST,
+        port=port,
+        server=_server(data.get("server"), at("server")),
+        extra_args=_extra_args(data.get("extra_args"), at("extra_args")),
+        env=_env(data.get("env"), at("env")),
+        supervise=_supervise(data.get("supervise"), at("supervise")),
+    )
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "nothing (empty)"
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
+
+
+def _req_str(data: Mapping[str, Any], key: str, at: Callable[[str], str]) -> str:
+    if key not in data or data[key] in (None, ""):
+        raise ConfigError(f"{at(key)}: required key is missing")
+    value = _opt_str(data, key, at)
+    assert value is not None
+    return value
+
+
+def _opt_str(data: Mapping[str, Any], key: str, at: Callable[[str], str]) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{at(key)}: expected a string, got {_type_name(value)} ({value!r})",
+            hint="quote the value in YAML",
+        )
+    return value
+
+
+def _server(raw: object, where: str) -> tuple[Setting, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{where}: expected a mapping of server flags, got {_type_name(raw)}",
+            hint="e.g. `server: {ctx_size: 8192, flash_attn: auto}`",
+        )
+    out = []
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: {key!r}: flag names must be strings")
+        path = f"{where}.{key}"
+        out.append(Setting(key=key, value=_value(value, path), where=path))
+    return tuple(out)
+
+
+def _value(value: object, where: str) -> Value:
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {value!r} is not a finite number")
+        return value
+    if isinstance(value, list):
+        return tuple(_item(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, Mapping):
+        # ``override_tensor: {exps: CPU}``: keeps YAML order (first match wins)
+        return tuple(_item({k: v}, f"{where}.{k}") for k, v in value.items())
+    raise ConfigError(f"{where}: unsupported value {value!r} ({_type_name(value)})")
+
+
+def _item(value: object, where: str) -> Value:
+    if isinstance(value, Mapping):
+        if len(value) != 1:
+            raise ConfigError(
+                f"{where}: expected a single `pattern: value` pair, got {len(value)} keys",
+                hint="write one list item per pair, in the order they should match",
+            )
+        ((k, v),) = value.items()
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            raise ConfigError(f"{where}.{k}: expected a string value, got {_type_name(v)}")
+        return Pair(str(k), str(v))
+    if isinstance(value, list):
+        raise ConfigError(f"{where}: nested lists are not supported")
+    return _value(value, where)
+
+
+def _extra_args(raw: object, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raise ConfigError(
+            f"{where}: expected a list of strings, got a string",
+            hint='write a YAML list: `extra_args: ["--threads", "4"]`',
+        )
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected a list of strings, got {_type_name(raw)}")
+    out = []
+    for i, item in enumerate(raw):
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise ConfigError(
+                f"{where}[{i}]: expected a string, got {_type_name(item)} ({item!r})",
+                hint="quote it: YAML reads on/off/yes/no as booleans",
+            )
+        out.append(str(item))
+    return tuple(out)
+
+
+def _env(raw: object, where: str) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping NAME: value, got {_type_name(raw)}")
+    out = []
+    for key, value in raw.items():
+        if not isinstance(key, str) or not key or "=" in key:
+            raise ConfigError(f"{where}: {key!r}: not a valid environment variable name")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(
+                f"{where}.{key}: expected a string, got {_type_name(value)} ({value!r})",
+                hint="quote it: YAML reads on/off/yes/no as booleans",
+            )
+        out.append((key, str(value)))
+    return tuple(out)
+
+
+def _supervise(raw: object, where: str) -> SuperviseSettings:
+    if raw is None:
+        return SuperviseSettings()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {_type_name(raw)}")
+    for key in raw:
+        if key not in SUPERVISE_KEYS:
+            raise ConfigError(
+                f"{where}.{key}: unknown key{suggestion(str(key), SUPERVISE_KEYS)}"
+            )
+    grace = raw.get("stop_grace_s", DEFAULT_STOP_GRACE_S)
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or grace <= 0:
+        raise ConfigError(
+            f"{where}.stop_grace_s: expected a positive number of seconds, got {grace!r}"
+        )
+    return SuperviseSettings(stop_grace_s=float(grace))

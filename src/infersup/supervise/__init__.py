@@ -1,0 +1,1 @@
+"""Supervision: spawning, output relay, stopping the process tree."""

@@ -1,0 +1,142 @@
+"""Spawning and stopping a server's whole process tree. The one place that does it.
+
+A server starts in a new session (its own process group), so a signal to the
+group reaches every worker it forks (SGLang's scheduler and detokenizer) and
+the terminal's Ctrl-C reaches only us, who decide what to forward. Stopping
+is: signal the group, wait a grace period, SIGKILL the group, then sweep any
+descendant that escaped the group with setsid (field notes C: killing only
+the parent leaks GPU memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import psutil
+
+from infersup.errors import InfersupError
+
+
+class SpawnError(InfersupError):
+    exit_code = 1
+
+
+def spawn(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Start the server in its own session; stdout and stderr merged into one pipe."""
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        raise SpawnError(
+            f"cannot start {argv[0]}: {exc.strerror or exc}",
+            hint="check that the server binary exists and is executable",
+        ) from None
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when the group is already gone."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+@dataclass(frozen=True)
+class StopResult:
+    returncode: int
+    escalated: bool  # the grace period ran out and SIGKILL was sent
+    swept: int  # descendants still alive after the main process ended
+
+
+def stop_tree(
+    proc: subprocess.Popen[bytes],
+    *,
+    grace_s: float,
+    first_signal: int = signal.SIGTERM,
+    known: Sequence[psutil.Process] = (),
+) -> StopResult:
+    """Stop the process and everything it started; never leaves the tree behind."""
+    pgid = proc.pid  # start_new_session: the pgid is the leader's pid
+    tree = {p.pid: p for p in (*known, *descendants(proc.pid))}
+    escalated = False
+    if proc.poll() is None:
+        signal_group(pgid, first_signal)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            escalated = True
+            signal_group(pgid, signal.SIGKILL)
+            proc.wait()
+    swept = sweep(pgid, tree.values(), grace_s=min(grace_s, 2.0))
+    return StopResult(proc.returncode, escalated, swept)
+
+
+def sweep(pgid: int, known: Sequence[psutil.Process] | object, *, grace_s: float) -> int:
+    """After the leader is gone: stop what is left in its group and escaped descendants."""
+    procs = [p for p in known if _alive(p)]  # type: ignore[attr-defined]
+    group_alive = signal_group(pgid, 0)
+    if not procs and not group_alive:
+        return 0
+    signal_group(pgid, signal.SIGTERM)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and (
+        signal_group(pgid, 0) or any(_alive(p) for p in procs)
+    ):
+        _, alive = psutil.wait_procs([p for p in procs if _alive(p)], timeout=0.05)
+        if not alive and not signal_group(pgid, 0):
+            break
+        time.sleep(0.02)
+    signal_group(pgid, signal.SIGKILL)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs([p for p in procs if _alive(p)], timeout=1.0)
+    return len(procs)
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def exit_status(returncode: int) -> int:
+    """A shell-style exit status: 128 + N for a process killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def describe_returncode(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"killed by {name} (status {128 - returncode})"
