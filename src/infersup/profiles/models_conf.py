@@ -165,7 +165,7 @@ def _profile(
     extra: tuple[str, ...] = ()
     if (raw_extra := get("EXTRA_ARGS")) is not None:
         try:
-            extra = tuple(shlex.split(raw_extra))
+            extra = split_extra_args(raw_extra)
         except ValueError as exc:
             raise ConfigError(
                 f"{merged['EXTRA_ARGS'][1]}: cannot split into arguments: {exc}",
@@ -184,6 +184,21 @@ def _profile(
         server=tuple(server),
         extra_args=extra,
     )
+
+
+def split_extra_args(raw: str) -> tuple[str, ...]:
+    """Split EXTRA_ARGS like a shell, but keep backslashes.
+
+    nerdpudding's launcher expands EXTRA_ARGS unquoted, so the shell splits on
+    whitespace and keeps backslashes as written: ``-ot blk\\.(1[0-9])\\.=CUDA1``
+    must reach llama-server with its regex escapes intact. Quotes still group
+    words (``--alias "my model"``).
+    """
+    lexer = shlex.shlex(raw, posix=True)
+    lexer.whitespace_split = True
+    lexer.escape = ""
+    lexer.commenters = ""
+    return tuple(lexer)
 
 
 def _port(raw: str | None, where: str) -> int | None:

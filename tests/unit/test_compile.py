@@ -1,0 +1,170 @@
+"""The compile rules, each on a small profile, compared as whole argv lists."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from infersup.compile import LaunchPlan, compile_profile
+from infersup.errors import ConfigError
+from infersup.profiles.yaml_profile import load_yaml_profile
+from tests.conftest import llama_table, sglang_table
+
+HEAD = ["llama-server", "--model", "m.gguf", "--host", "127.0.0.1", "--port", "8080"]
+SG_HEAD = ["py", "-m", "sglang.launch_server", "--model-path", "org/m"]
+SG_HEAD += ["--host", "127.0.0.1", "--port", "30000"]
+
+
+Write = Callable[[str, str], Path]
+
+
+def plan_for(write: Write, text: str) -> LaunchPlan:
+    profile = load_yaml_profile(write("p.yaml", text))
+    if profile.backend == "sglang":
+        prefix: tuple[str, ...] = ("py", "-m", "sglang.launch_server")
+        return compile_profile(profile, table=sglang_table(), program=prefix, model="org/m")
+    return compile_profile(profile, table=llama_table(), program=("llama-server",), model="m.gguf")
+
+
+def argv_for(write: Write, server: str, extra: str = "") -> list[str]:
+    text = f"backend: llama.cpp\nmodel: m.gguf\nserver:\n{server}\n{extra}"
+    return list(plan_for(write, text).argv)
+
+
+def error_for(write: Write, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        plan_for(write, text)
+    return str(info.value)
+
+
+def test_only_model_host_port_when_nothing_declared(write: Write) -> None:
+    plan = plan_for(write, "backend: llama.cpp\nmodel: m.gguf\n")
+    assert list(plan.argv) == HEAD
+    assert plan.base_url == "http://127.0.0.1:8080"
+    assert plan.health_url == "http://127.0.0.1:8080/health"
+
+
+def test_yaml_on_off_become_choice_words(write: Write) -> None:
+    # YAML 1.1 loads `on` as True: a flag that takes a value must get "on"
+    argv = argv_for(write, "  fit: on\n  flash_attn: off\n  n_gpu_layers: auto")
+    assert argv == [*HEAD, "--fit", "on", "--flash-attn", "off", "--n-gpu-layers", "auto"]
+
+
+def test_switches_true_and_false(write: Write) -> None:
+    argv = argv_for(write, "  jinja: false\n  metrics: true\n  kv_offload: false\n  no_host: true")
+    assert argv == [*HEAD, "--no-jinja", "--metrics", "--no-kv-offload", "--no-host"]
+
+
+def test_false_on_a_switch_without_off_form_emits_nothing(write: Write) -> None:
+    assert argv_for(write, "  metrics: false") == HEAD
+
+
+def test_negated_spelling_as_key(write: Write) -> None:
+    assert argv_for(write, "  no_jinja: false") == [*HEAD, "--jinja"]
+
+
+def test_lists_join_with_commas(write: Write) -> None:
+    argv = argv_for(write, "  fit_target: [128, 1024]\n  tensor_split: [3, 1]")
+    assert argv == [*HEAD, "--fit-target", "128,1024", "--tensor-split", "3,1"]
+
+
+def test_override_tensor_keeps_order_in_both_shapes(write: Write) -> None:
+    server = (
+        "  override_tensor:\n"
+        "    - 'blk\\.(0|1)\\.ffn_.*_exps=CUDA0'\n"
+        "    - {exps: CPU}\n"
+    )
+    argv = argv_for(write, server)
+    assert argv == [*HEAD, "--override-tensor", "blk\\.(0|1)\\.ffn_.*_exps=CUDA0,exps=CPU"]
+
+
+def test_override_tensor_mapping_form(write: Write) -> None:
+    argv = argv_for(write, "  override_tensor: {'blk\\.1\\.': CUDA1, exps: CPU}")
+    assert argv == [*HEAD, "--override-tensor", "blk\\.1\\.=CUDA1,exps=CPU"]
+
+
+def test_override_tensor_pattern_with_comma_is_rejected(write: Write) -> None:
+    message = error_for(
+        write, "backend: llama.cpp\nmodel: m\nserver:\n  override_tensor: ['a{1,2}=CPU']\n"
+    )
+    assert "server.override_tensor[0]" in message
+    assert "splits its value on commas" in message
+
+
+def test_extra_args_last_and_verbatim(write: Write) -> None:
+    argv = argv_for(write, "  threads: 1", "extra_args: ['--temp', 0.6, '--alias', 'a b']")
+    assert argv == [*HEAD, "--threads", "1", "--temp", "0.6", "--alias", "a b"]
+
+
+def test_env_and_port_and_host(write: Write) -> None:
+    plan = plan_for(
+        write,
+        "backend: llama.cpp\nmodel: m\nhost: 0.0.0.0\nport: 9000\n"
+        "env: {CUDA_VISIBLE_DEVICES: '0,1', GGML_X: 1}\n",
+    )
+    assert dict(plan.env) == {"CUDA_VISIBLE_DEVICES": "0,1", "GGML_X": "1"}
+    assert plan.argv[3:7] == ("--host", "0.0.0.0", "--port", "9000")
+    assert plan.base_url == "http://127.0.0.1:9000"
+
+
+def test_sglang_values_lists_and_switches(write: Write) -> None:
+    text = (
+        "backend: sglang\nmodel: org/m\nserver:\n"
+        "  tp_size: 2\n  mem_fraction_static: 0.88\n  enable_metrics: true\n"
+        "  numa_node: [0, 1]\n  enable_tf32_matmul: false\n"
+    )
+    assert list(plan_for(write, text).argv) == [
+        *SG_HEAD,
+        "--tp-size", "2",
+        "--mem-fraction-static", "0.88",
+        "--enable-metrics",
+        "--numa-node", "0", "1",
+        "--no-enable-tf32-matmul",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        ("  ctx_sise: 4096", "server.ctx_sise: llama-server has no flag --ctx-sise; did you mean 'ctx_size'?"),
+        ("  ngl: 99", "`ngl` is a short flag; use the long name `n_gpu_layers`"),
+        ("  --ctx-size: 1", "write flag names without dashes"),
+        ("  flash_attn: yes please", "server.flash_attn: 'yes please' is not a valid value for --flash-attn"),
+        ("  cache_type_k: q8", "expected one of: f32, f16, bf16, q8_0"),
+        ("  ctx_size: true", "--ctx-size takes a value (N), not true/false"),
+        ("  jinja: 1", "--jinja is a switch: expected true or false, got 1"),
+        ("  ctx_size: [1, 2]", "--ctx-size takes a single value, got a list of 2"),
+        ("  ctx_size:", "server.ctx_size: no value given"),
+        ("  port: 1234", "set `port:` at the top level"),
+        ("  model: x.gguf", "set `model:` at the top level"),
+        ("  draft_max: 4", "the argument has been removed"),
+        ("  n_gpu_layers: 1\n  gpu_layers: 2", "server.gpu_layers: same server flag as"),
+        ("  override_tensor: [exps]", "expects `pattern=VALUE` items, got 'exps'"),
+        ("  control_vector_layer_range: [1]", "takes 2 values (START END), got 1"),
+    ],
+)  # fmt: skip
+def test_llama_errors_name_key_path_and_fix(write: Write, server: str, expected: str) -> None:
+    message = error_for(write, f"backend: llama.cpp\nmodel: m\nserver:\n{server}\n")
+    assert expected in message
+    assert "p.yaml: server." in message
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        ("  tp_size: two", "--tp-size expects an integer, got 'two'"),
+        ("  kv_cache_dtype: fp16", "'fp16' is not a valid value for --kv-cache-dtype"),
+        ("  nsa_prefill_backend: flashmla", "renamed to `dsa_prefill_backend` in SGLang 0.5.20"),
+        ("  mem_fraction_static: lots", "expects a number"),
+    ],
+)  # fmt: skip
+def test_sglang_errors(write: Write, server: str, expected: str) -> None:
+    message = error_for(write, f"backend: sglang\nmodel: org/m\nserver:\n{server}\n")
+    assert expected in message
+
+
+def test_compile_is_pure_same_input_same_plan(write: Write) -> None:
+    text = "backend: llama.cpp\nmodel: m\nserver: {fit_target: [1, 2], jinja: true}\n"
+    assert plan_for(write, text) == plan_for(write, text)
