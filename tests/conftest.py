@@ -38,7 +38,9 @@ def write(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_env(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Keep tests off the user's cache/state dirs and free of their INFERSUP_* settings."""
     for name in (
         "INFERSUP_PROFILES",

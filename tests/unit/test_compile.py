@@ -71,11 +71,7 @@ def test_lists_join_with_commas(write: Write) -> None:
 
 
 def test_override_tensor_keeps_order_in_both_shapes(write: Write) -> None:
-    server = (
-        "  override_tensor:\n"
-        "    - 'blk\\.(0|1)\\.ffn_.*_exps=CUDA0'\n"
-        "    - {exps: CPU}\n"
-    )
+    server = "  override_tensor:\n    - 'blk\\.(0|1)\\.ffn_.*_exps=CUDA0'\n    - {exps: CPU}\n"
     argv = argv_for(write, server)
     assert argv == [*HEAD, "--override-tensor", "blk\\.(0|1)\\.ffn_.*_exps=CUDA0,exps=CPU"]
 

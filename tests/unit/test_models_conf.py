@@ -59,7 +59,7 @@ def test_extra_args_shell_quoting_kept(write: Write) -> None:
 def test_all_mapped_keys(write: Write) -> None:
     path = write(
         "models.conf",
-        "[a]\nNAME=A\nDESCRIPTION=desc\nSPEED=fast\nMODEL=\"a b.gguf\"\nN_GPU_LAYERS=auto\n"
+        '[a]\nNAME=A\nDESCRIPTION=desc\nSPEED=fast\nMODEL="a b.gguf"\nN_GPU_LAYERS=auto\n'
         "SPLIT_MODE=layer\nTENSOR_SPLIT=3,1\nMAIN_GPU=1\nKV_CACHE_TYPE_K=q8_0\n"
         "KV_CACHE_TYPE_V=q4_0\nFIT_TARGET=128,1024\nFIT_CTX=8192\n",
     )

@@ -220,9 +220,7 @@ def _split_negations(names: list[str]) -> tuple[list[str], list[str]]:
     ``--no-``/``-no-`` spelling is a negation (llama.cpp lists positive
     spellings first). A lone ``--no-host`` is a plain switch.
     """
-    first_neg = next(
-        (i for i, n in enumerate(names) if n.startswith(("--no-", "-no-"))), None
-    )
+    first_neg = next((i for i, n in enumerate(names) if n.startswith(("--no-", "-no-"))), None)
     if first_neg is None:
         return names, []
     last_pos = max((i for i in range(first_neg) if names[i].startswith("--")), default=None)

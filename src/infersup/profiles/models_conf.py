@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from infersup.errors import ConfigError, suggestion
-from infersup.profiles.schema import DEFAULT_HOST, LLAMA_CPP, Profile, Setting, Value
+from infersup.profiles.schema import DEFAULT_HOST, LLAMA_CPP, Profile, Setting
 
 DEFAULTS_SECTION = "*"
 
@@ -127,9 +127,7 @@ def load_models_conf(path: Path, *, shown: str | None = None) -> dict[str, Profi
     return profiles
 
 
-def _profile(
-    sec: ConfSection, defaults: ConfSection | None, path: Path, shown: str
-) -> Profile:
+def _profile(sec: ConfSection, defaults: ConfSection | None, path: Path, shown: str) -> Profile:
     merged: dict[str, tuple[str, str]] = {}  # key -> (value, where)
     for layer in (defaults, sec):
         if layer is None:
@@ -158,10 +156,9 @@ def _profile(
         raw = get(conf_key)
         if raw is None:
             continue
-        value: Value = raw
         if conf_key == "FLASH_ATTN":
-            value = _FLASH_ATTN_WORDS.get(raw.lower(), raw)
-        server.append(Setting(flag_key, value, merged[conf_key][1]))
+            raw = _FLASH_ATTN_WORDS.get(raw.lower(), raw)
+        server.append(Setting(flag_key, raw, merged[conf_key][1]))
     extra: tuple[str, ...] = ()
     if (raw_extra := get("EXTRA_ARGS")) is not None:
         try:

@@ -23,7 +23,7 @@ class Pair:
 
 # A setting value: a scalar, a list of scalars, or a list of (key, value)
 # pairs (``override_tensor: [{pattern: CPU}]``), all made immutable.
-Value: TypeAlias = "Scalar | None | Pair | tuple[Value, ...]"
+Value: TypeAlias = "Scalar | Pair | tuple[Value, ...] | None"
 
 LLAMA_CPP: Final = "llama.cpp"
 SGLANG: Final = "sglang"

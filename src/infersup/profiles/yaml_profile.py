@@ -60,8 +60,7 @@ def load_yaml_profile(path: Path, *, display: str | None = None) -> Profile:
 def profile_from_mapping(data: object, *, profile_id: str, source: str, shown: str) -> Profile:
     if not isinstance(data, Mapping):
         raise ConfigError(
-            f"{shown}: expected a mapping of profile keys at the top level, "
-            f"got {_type_name(data)}",
+            f"{shown}: expected a mapping of profile keys at the top level, got {_type_name(data)}",
             hint="start with `backend: llama.cpp` and `model: file.gguf`",
         )
     for key in data:
@@ -233,9 +232,7 @@ def _supervise(raw: object, where: str) -> SuperviseSettings:
         raise ConfigError(f"{where}: expected a mapping, got {_type_name(raw)}")
     for key in raw:
         if key not in SUPERVISE_KEYS:
-            raise ConfigError(
-                f"{where}.{key}: unknown key{suggestion(str(key), SUPERVISE_KEYS)}"
-            )
+            raise ConfigError(f"{where}.{key}: unknown key{suggestion(str(key), SUPERVISE_KEYS)}")
     grace = raw.get("stop_grace_s", DEFAULT_STOP_GRACE_S)
     if isinstance(grace, bool) or not isinstance(grace, int | float) or grace <= 0:
         raise ConfigError(

@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -94,9 +94,9 @@ def stop_tree(
     return StopResult(proc.returncode, escalated, swept)
 
 
-def sweep(pgid: int, known: Sequence[psutil.Process] | object, *, grace_s: float) -> int:
+def sweep(pgid: int, known: Iterable[psutil.Process], *, grace_s: float) -> int:
     """After the leader is gone: stop what is left in its group and escaped descendants."""
-    procs = [p for p in known if _alive(p)]  # type: ignore[attr-defined]
+    procs = [p for p in known if _alive(p)]
     group_alive = signal_group(pgid, 0)
     if not procs and not group_alive:
         return 0
@@ -105,9 +105,7 @@ def sweep(pgid: int, known: Sequence[psutil.Process] | object, *, grace_s: float
         with contextlib.suppress(psutil.Error):
             p.terminate()
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and (
-        signal_group(pgid, 0) or any(_alive(p) for p in procs)
-    ):
+    while time.monotonic() < deadline and (signal_group(pgid, 0) or any(_alive(p) for p in procs)):
         _, alive = psutil.wait_procs([p for p in procs if _alive(p)], timeout=0.05)
         if not alive and not signal_group(pgid, 0):
             break

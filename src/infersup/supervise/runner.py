@@ -25,8 +25,8 @@ from typing import BinaryIO
 
 from infersup.compile import LaunchPlan
 from infersup.supervise.process import (
-    describe_returncode,
     descendants,
+    describe_returncode,
     exit_status,
     signal_group,
     spawn,
