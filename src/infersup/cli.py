@@ -146,7 +146,12 @@ def list_cmd(
             rows.append(row)
             continue
         location = locate_model(profile, mdir)
-        row.update(backend=profile.backend, model=location.arg, description=profile.description)
+        row.update(
+            backend=profile.backend,
+            model=location.arg,
+            name=profile.name,
+            description=profile.description,
+        )
         if location.is_path:
             files = model_files(Path(location.arg))
             row.update(

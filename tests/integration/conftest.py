@@ -1,0 +1,163 @@
+"""Integration rig: the real llama-server, real GGUF files, infersup as a user runs it.
+
+The server is the one `make test` builds into the venv (or any found by the
+usual lookup). Without it these tests skip on a developer's machine, but fail
+in CI (CI=true), where a missing server means the build step is broken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from infersup.servers import find_program
+from tests.conftest import REPO
+from tests.ggufgen import write_tiny_llama
+
+pytestmark = pytest.mark.integration
+
+SMOLLM2 = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(what: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} (CI=true: integration tests must not skip; run `make test`)")
+    pytest.skip(f"{what}; run `make test` to build it")
+
+
+@pytest.fixture(scope="session")
+def server_bin() -> str:
+    program = find_program("llama.cpp")
+    if not program.found:
+        missing("llama-server is not installed")
+    return program.executable
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    if not SMOLLM2.is_file():
+        missing(f"{SMOLLM2} is missing")
+    return SMOLLM2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(
+    method: str, url: str, body: object | None = None, timeout: float = 30.0
+) -> tuple[int, dict[str, object]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@dataclass
+class Run:
+    """`infersup run ID` in a subprocess, with its output captured to files."""
+
+    proc: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+    port: int
+    state: Path
+    server_pid: int | None = field(default=None)
+
+    def err_text(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float = 60.0) -> str:
+        """Wait until infersup reports ``needle`` on stderr (or exits)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.err_text()
+            if needle in text:
+                return text
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no {needle!r} in infersup's output:\n{self.err_text()}")
+
+    def wait_ready(self) -> None:
+        text = self.wait_for("is ready at")
+        self.server_pid = int(text.split("(pid ", 1)[1].split(")", 1)[0])
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture
+def start_run(tmp_path: Path, server_bin: str) -> Iterator[object]:
+    runs: list[Run] = []
+
+    def _start(profile_yaml: str, profile_id: str, port: int) -> Run:
+        profiles = tmp_path / "profiles"
+        profiles.mkdir(exist_ok=True)
+        (profiles / f"{profile_id}.yaml").write_text(profile_yaml)
+        state = tmp_path / "state"
+        out, err = tmp_path / f"{profile_id}.out", tmp_path / f"{profile_id}.err"
+        env = {**os.environ, "INFERSUP_STATE_DIR": str(state), "COLUMNS": "250"}
+        argv = [sys.executable, "-m", "infersup", "run", profile_id]
+        argv += ["-p", str(profiles), "--server-bin", server_bin, "--models-dir", str(REPO / "models")]
+        with out.open("wb") as o, err.open("wb") as e:
+            proc = subprocess.Popen(argv, stdout=o, stderr=e, env=env, cwd=tmp_path)
+        run = Run(proc, out, err, port, state)
+        runs.append(run)
+        return run
+
+    yield _start
+    for run in runs:  # never leave a server behind, even when a test fails
+        if run.proc.poll() is None:
+            run.proc.send_signal(signal.SIGINT)
+            try:
+                run.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                run.proc.kill()
+        if run.server_pid is not None:
+            try:
+                os.killpg(run.server_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def processes_using(path: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if any(str(path) in arg for arg in cmdline):
+            found.append(proc)
+    return found
