@@ -34,6 +34,7 @@ def main(argv: list[str]) -> int:
     percent = 0
     tail: deque[bytes] = deque(maxlen=40)
     note = ""
+    last_tick = start
 
     def show(force: bool = False) -> None:
         nonlocal last_shown
@@ -56,6 +57,9 @@ def main(argv: list[str]) -> int:
             if m := PERCENT.search(line):
                 percent = max(percent, min(int(m.group(1)), 100))
                 show()
+            elif tty and time.monotonic() - last_tick > 0.5:
+                show()  # configure and link steps print no percentage: keep the clock moving
+                last_tick = time.monotonic()
             elif CACHED.search(line) and "cache" in line.decode(errors="replace").lower():
                 note = " (from pip's cache)"
         rc = proc.wait()

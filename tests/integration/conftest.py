@@ -7,6 +7,7 @@ in CI (CI=true), where a missing server means the build step is broken.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -124,7 +125,14 @@ def start_run(tmp_path: Path, server_bin: str) -> Iterator[object]:
         out, err = tmp_path / f"{profile_id}.out", tmp_path / f"{profile_id}.err"
         env = {**os.environ, "INFERSUP_STATE_DIR": str(state), "COLUMNS": "250"}
         argv = [sys.executable, "-m", "infersup", "run", profile_id]
-        argv += ["-p", str(profiles), "--server-bin", server_bin, "--models-dir", str(REPO / "models")]
+        argv += [
+            "-p",
+            str(profiles),
+            "--server-bin",
+            server_bin,
+            "--models-dir",
+            str(REPO / "models"),
+        ]
         with out.open("wb") as o, err.open("wb") as e:
             proc = subprocess.Popen(argv, stdout=o, stderr=e, env=env, cwd=tmp_path)
         run = Run(proc, out, err, port, state)
@@ -140,10 +148,8 @@ def start_run(tmp_path: Path, server_bin: str) -> Iterator[object]:
             except subprocess.TimeoutExpired:
                 run.proc.kill()
         if run.server_pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(run.server_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def group_gone(pgid: int) -> bool:

@@ -42,9 +42,7 @@ def test_tiny_generated_model_serves_a_completion_and_stops_cleanly(
     )
     run.wait_ready()
     assert http("GET", run.url("/health")) == (200, {"status": "ok"})
-    status, body = http(
-        "POST", run.url("/completion"), {"prompt": "Hello world", "n_predict": 8}
-    )
+    status, body = http("POST", run.url("/completion"), {"prompt": "Hello world", "n_predict": 8})
     assert status == 200
     assert body["tokens_predicted"] == 8 and isinstance(body["content"], str)
 
@@ -98,8 +96,7 @@ def test_server_error_exit_is_reported_with_its_last_lines(
 ) -> None:
     port = free_port()
     run = start_run(
-        f"backend: llama.cpp\nmodel: {tiny_model}\nport: {port}\n"
-        "extra_args: [--no-such-flag]\n",
+        f"backend: llama.cpp\nmodel: {tiny_model}\nport: {port}\nextra_args: [--no-such-flag]\n",
         "broken",
         port,
     )
@@ -118,9 +115,7 @@ def test_port_in_use_is_refused_before_spawning(start_run: Start, tiny_model: Pa
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        run = start_run(
-            f"backend: llama.cpp\nmodel: {tiny_model}\nport: {port}\n", "clash", port
-        )
+        run = start_run(f"backend: llama.cpp\nmodel: {tiny_model}\nport: {port}\n", "clash", port)
         assert run.proc.wait(timeout=30) == 1
     err = run.err_text()
     assert f"port {port} on 127.0.0.1 is already in use" in err
