@@ -225,6 +225,8 @@ def show(
     print(f"# flags checked against {plan.flags_source}")
     if not program.found:
         print(f"# {program.executable} is not installed here; `run` needs it")
+    for name, value in inherited_server_env(profile.backend, os.environ, plan.env):
+        print(f"# note: your environment sets {name}={value}, which the server reads too")
     print(format_command(plan.argv, plan.env, plan.program_len))
 
 
@@ -240,6 +242,21 @@ def format_command(argv: tuple[str, ...], env: Mapping[str, str], program_len: i
     lines = [shlex.join(g) for g in groups]
     lines[0] = " ".join([*assignments, lines[0]])
     return " \\\n  ".join(lines)
+
+
+def inherited_server_env(
+    backend: str, environ: Mapping[str, str], declared: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """Variables `run` passes on that change the server without being on its command line.
+
+    llama-server reads every flag from ``LLAMA_ARG_*`` (its --help lists each
+    one), so an exported ``LLAMA_ARG_N_GPU_LAYERS=99`` would silently turn fit
+    off; SGLang reads ``SGLANG_*``.
+    """
+    prefixes = ("LLAMA_ARG_", "LLAMA_API_KEY") if backend == "llama.cpp" else ("SGLANG_",)
+    return sorted(
+        (k, v) for k, v in environ.items() if k.startswith(prefixes) and k not in declared
+    )
 
 
 def _is_number(word: str) -> bool:

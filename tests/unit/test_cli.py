@@ -150,3 +150,11 @@ def test_run_without_server_names_places_looked(runner: CliRunner) -> None:
 def test_version(runner: CliRunner) -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("infersup ")
+
+
+def test_show_notes_inherited_server_env(runner: CliRunner) -> None:
+    result = runner.invoke(
+        app, ["show", "smollm2-135m"], env={"LLAMA_ARG_N_GPU_LAYERS": "99", "SGLANG_X": "1"}
+    )
+    assert "# note: your environment sets LLAMA_ARG_N_GPU_LAYERS=99" in result.stdout
+    assert "SGLANG_X" not in result.stdout

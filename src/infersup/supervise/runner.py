@@ -23,6 +23,8 @@ from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
 
+import psutil
+
 from infersup.compile import LaunchPlan
 from infersup.supervise.process import (
     descendants,
@@ -108,7 +110,7 @@ def run_foreground(
 
     stop = threading.Event()
     requested: list[int] = []
-    known_tree: list[object] = []
+    known_tree: list[psutil.Process] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if requested:  # second signal: no more patience
@@ -144,7 +146,7 @@ def run_foreground(
             time.sleep(0.05)
     finally:
         stop.set()
-        result = stop_tree(proc, grace_s=0.0 if escalated else plan.stop_grace_s)
+        result = stop_tree(proc, grace_s=0.0 if escalated else plan.stop_grace_s, known=known_tree)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         # grandchildren holding the pipe are gone now; the relay drains to EOF
