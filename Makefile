@@ -28,8 +28,8 @@ test: setup server model
 
 ## lint: ruff and mypy --strict
 lint: setup
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 	$(BIN)/mypy src
 
 setup: $(VENV)/.installed

@@ -11,6 +11,7 @@ the parent leaks GPU memory).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -22,6 +23,8 @@ import psutil
 
 from infersup.errors import InfersupError
 
+PIPE_SIZE = 1 << 20
+
 
 class SpawnError(InfersupError):
     exit_code = 1
@@ -30,7 +33,7 @@ class SpawnError(InfersupError):
 def spawn(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     """Start the server in its own session; stdout and stderr merged into one pipe."""
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -44,6 +47,16 @@ def spawn(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes
             f"cannot start {argv[0]}: {exc.strerror or exc}",
             hint="check that the server binary exists and is executable",
         ) from None
+    if proc.stdout is not None:
+        _grow_pipe(proc.stdout.fileno())
+    return proc
+
+
+def _grow_pipe(fd: int) -> None:
+    """A 1 MiB pipe (Linux): fewer wake-ups when a server floods its output."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, set_size, PIPE_SIZE)
 
 
 def signal_group(pgid: int, sig: int) -> bool:
