@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
+from tests.ggufgen import write_tiny_llama
 from tests.integration.conftest import (
     Run,
     free_port,
@@ -120,3 +123,47 @@ def test_port_in_use_is_refused_before_spawning(start_run: Start, tiny_model: Pa
     err = run.err_text()
     assert f"port {port} on 127.0.0.1 is already in use" in err
     assert "started" not in err
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_escalates_to_sigkill_when_the_server_hangs_in_cleanup(
+    start_run: Start, tmp_path: Path
+) -> None:
+    # Field notes B: with a non-streaming request in flight, b11434 logs
+    # "cleaning up before exit..." on SIGTERM and does not exit. A 32K
+    # training context keeps the request generating (~20 s) well past the grace.
+    model = write_tiny_llama(tmp_path / "long.gguf", n_ctx_train=32768)
+    port = free_port()
+    run = start_run(
+        f"backend: llama.cpp\nmodel: {model}\nport: {port}\n"
+        "server: {ctx_size: 32768, threads: 1, parallel: 1}\n"
+        "supervise: {stop_grace_s: 1}\n",
+        "stuck",
+        port,
+    )
+    run.wait_ready()
+    with ThreadPoolExecutor(1) as pool:
+        request = pool.submit(
+            http, "POST", run.url("/completion"), {"prompt": "Hello", "n_predict": 100000}, 60
+        )
+        deadline = time.monotonic() + 30
+        while not any(slot.get("is_processing") for slot in slots(run)):
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.01)
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.proc.wait(timeout=30) == 128 + signal.SIGTERM
+        with pytest.raises((ConnectionError, OSError)):
+            request.result(timeout=30)  # the client sees the connection drop, not a hang
+    err = run.err_text()
+    assert "server did not stop within 1s; sent SIGKILL" in err
+    assert b"cleaning up before exit" in run.stdout.read_bytes()
+    assert run.server_pid is not None and group_gone(run.server_pid)
+    record = json.loads((run.state / "stuck.last-exit.json").read_text())
+    assert record["killed_after_grace"] is True
+    assert record["returncode"] == -signal.SIGKILL
+
+
+def slots(run: Run) -> list[dict[str, object]]:
+    status, body = http("GET", run.url("/slots"))
+    assert status == 200
+    return body  # type: ignore[return-value]

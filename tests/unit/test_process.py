@@ -124,3 +124,18 @@ def test_tail_is_bounded_and_keeps_bad_utf8() -> None:
     lines = tail.text()
     assert lines[:2] == ["three", "\ufffd\ufffdbad"]
     assert len(lines) == 3 and len(lines[2]) <= 64 * 1024
+
+
+def test_already_signalled_goes_straight_to_kill(tmp_path: Path) -> None:
+    marker = tmp_path / "got-term"
+    proc, _ = start_child(
+        tmp_path,
+        f"""
+        signal.signal(signal.SIGTERM, lambda *a: open({str(marker)!r}, "w").close())
+        ready(os.getpid())
+        while True: time.sleep(1)
+        """,
+    )
+    result = stop_tree(proc, grace_s=10, first_signal=None)
+    assert result.escalated and result.returncode == -signal.SIGKILL
+    assert not marker.exists()

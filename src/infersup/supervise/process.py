@@ -88,21 +88,26 @@ def stop_tree(
     proc: subprocess.Popen[bytes],
     *,
     grace_s: float,
-    first_signal: int = signal.SIGTERM,
+    first_signal: int | None = signal.SIGTERM,
     known: Sequence[psutil.Process] = (),
 ) -> StopResult:
-    """Stop the process and everything it started; never leaves the tree behind."""
+    """Stop the process and everything it started; never leaves the tree behind.
+
+    ``first_signal=None`` means the caller already signalled and waited: go
+    straight to SIGKILL. (A second TERM is not harmless: llama-server answers
+    it with "terminating immediately" and exit 1, hiding that it hung.)
+    """
     pgid = proc.pid  # start_new_session: the pgid is the leader's pid
     tree = {p.pid: p for p in (*known, *descendants(proc.pid))}
     escalated = False
-    if proc.poll() is None:
+    if proc.poll() is None and first_signal is not None:
         signal_group(pgid, first_signal)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            escalated = True
-            signal_group(pgid, signal.SIGKILL)
-            proc.wait()
+    if proc.poll() is None:
+        escalated = True
+        signal_group(pgid, signal.SIGKILL)
+        proc.wait()
     swept = sweep(pgid, tree.values(), grace_s=min(grace_s, 2.0))
     return StopResult(proc.returncode, escalated, swept)
 

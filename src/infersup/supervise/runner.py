@@ -71,10 +71,12 @@ def wait_ready(
 ) -> bool:
     """Poll ``url`` until it answers 200; False if the server exits or we stop first.
 
-    Starts at 20 ms and backs off to 500 ms: a tiny model is ready in tens of
-    milliseconds, a large one in minutes.
+    Polls every 20-50 ms for the first 30 s (a tiny model is ready in tens of
+    milliseconds; loopback requests are cheap), then backs off to 500 ms for
+    loads that take minutes.
     """
     interval = 0.02
+    fast_until = time.monotonic() + 30.0
     while alive() and not stop.is_set():
         try:
             with urllib.request.urlopen(url, timeout=timeout_s) as resp:
@@ -83,7 +85,7 @@ def wait_ready(
         except (urllib.error.URLError, OSError, ValueError):
             pass
         stop.wait(interval)
-        interval = min(interval * 1.5, 0.5)
+        interval = min(interval * 1.5, 0.05 if time.monotonic() < fast_until else 0.5)
     return False
 
 
@@ -129,24 +131,23 @@ def run_foreground(
 
     watcher = threading.Thread(target=watch_ready, name="infersup-ready", daemon=True)
     watcher.start()
-    escalated = False
     try:
-        while proc.poll() is None:
-            if requested:
-                deadline = time.monotonic() + plan.stop_grace_s
-                while proc.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                if proc.poll() is None:
-                    escalated = True
-                    notify(
-                        "warning",
-                        f"server did not stop within {plan.stop_grace_s:g}s; sending SIGKILL",
-                    )
-                break
+        while proc.poll() is None and not requested:
             time.sleep(0.05)
+        if requested:  # the signal is forwarded; give the server its grace period
+            deadline = time.monotonic() + plan.stop_grace_s
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
     finally:
         stop.set()
-        result = stop_tree(proc, grace_s=0.0 if escalated else plan.stop_grace_s, known=known_tree)
+        # After a forwarded signal the grace is spent: a server still there is
+        # killed now. stop_tree alone decides and reports whether KILL was sent.
+        result = stop_tree(
+            proc,
+            grace_s=plan.stop_grace_s,
+            first_signal=None if requested else signal.SIGTERM,
+            known=known_tree,
+        )
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         # grandchildren holding the pipe are gone now; the relay drains to EOF
@@ -157,6 +158,8 @@ def run_foreground(
         if log_stream is not None:
             log_stream.close()
 
+    if result.escalated:
+        notify("warning", f"server did not stop within {plan.stop_grace_s:g}s; sent SIGKILL")
     rc = result.returncode
     stop_signal = requested[0] if requested else None
     tail = tuple(relay.tail.text(TAIL_ON_FAILURE))
@@ -169,7 +172,7 @@ def run_foreground(
         notify(level, f"{plan.profile_id}: server ended with {describe_returncode(rc)}")
     if result.swept:
         notify("warning", f"stopped {result.swept} leftover process(es) of the server's tree")
-    outcome = RunResult(code, rc, stop_signal, escalated or result.escalated, tail, log_path)
+    outcome = RunResult(code, rc, stop_signal, result.escalated, tail, log_path)
     _write_last_exit(state, plan, outcome, notify)
     return outcome
 
