@@ -88,6 +88,7 @@ class Run:
     stderr: Path
     port: int
     state: Path
+    started: float = field(default_factory=time.time)
     server_pid: int | None = field(default=None)
 
     def err_text(self) -> str:
@@ -160,10 +161,15 @@ def group_gone(pgid: int) -> bool:
     return False
 
 
-def processes_using(path: Path) -> list[psutil.Process]:
+def processes_using(path: Path, since: float = 0.0) -> list[psutil.Process]:
+    """llama-server processes started after ``since`` whose command line names ``path``."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["name", "cmdline", "create_time"]):
         cmdline = proc.info.get("cmdline") or []
-        if any(str(path) in arg for arg in cmdline):
+        if (
+            "llama-server" in (proc.info.get("name") or "")
+            and (proc.info.get("create_time") or 0) >= since
+            and any(str(path) in arg for arg in cmdline)
+        ):
             found.append(proc)
     return found

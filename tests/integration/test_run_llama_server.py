@@ -51,7 +51,7 @@ def test_tiny_generated_model_serves_a_completion_and_stops_cleanly(
 
     assert stop_with_sigint(run) == 128 + signal.SIGINT
     assert run.server_pid is not None and group_gone(run.server_pid)
-    assert processes_using(tiny_model) == []
+    assert processes_using(tiny_model, run.started) == []
     # the server's own output went to the terminal (our stdout) and the log
     assert b"srv  " in run.stdout.read_bytes() or b"main:" in run.stdout.read_bytes()
     log = (run.state / "logs" / "tiny.log").read_bytes()
@@ -83,7 +83,7 @@ def test_smollm2_answers_a_chat_request(start_run: Start, smollm2: Path) -> None
     assert http_status(run.url("/metrics")) == 200
     assert stop_with_sigint(run) == 128 + signal.SIGINT
     assert run.server_pid is not None and group_gone(run.server_pid)
-    assert processes_using(smollm2) == []
+    assert processes_using(smollm2, run.started) == []
 
 
 def http_status(url: str) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import psutil
 
@@ -104,26 +105,40 @@ def run_foreground(
     if log_stream is not None:
         sinks.append(Sink(str(log_path), log_stream))
 
-    proc = spawn(plan.argv, env)
+    stop = threading.Event()
+    requested: list[int] = []
+    known_tree: list[psutil.Process] = []
+    children: list[subprocess.Popen[bytes]] = []  # set once spawned
+
+    def forward(signum: int) -> None:
+        pid = children[0].pid
+        known_tree.extend(descendants(pid))
+        signal_group(pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if requested:  # second signal: no more patience
+            if children:
+                signal_group(children[0].pid, signal.SIGKILL)
+            return
+        requested.append(signum)
+        stop.set()
+        if children:
+            forward(signum)
+
+    # Handlers first: a Ctrl-C right after spawn must not orphan the server.
+    previous = {sig: signal.signal(sig, on_signal) for sig in FORWARDED}
+    try:
+        proc = spawn(plan.argv, env)
+    except BaseException:
+        _restore(previous)
+        raise
+    children.append(proc)
+    if requested:  # the signal came while spawning
+        forward(requested[0])
     notify("info", f"started {plan.profile_id} (pid {proc.pid}), waiting for {plan.health_url}")
     assert proc.stdout is not None
     relay = OutputRelay(proc.stdout.fileno(), sinks, on_warning=lambda m: notify("warning", m))
     relay.start()
-
-    stop = threading.Event()
-    requested: list[int] = []
-    known_tree: list[psutil.Process] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if requested:  # second signal: no more patience
-            signal_group(proc.pid, signal.SIGKILL)
-            return
-        requested.append(signum)
-        known_tree.extend(descendants(proc.pid))
-        signal_group(proc.pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in FORWARDED}
 
     def watch_ready() -> None:
         if wait_ready(plan.health_url, lambda: proc.poll() is None, stop):
@@ -148,8 +163,7 @@ def run_foreground(
             first_signal=None if requested else signal.SIGTERM,
             known=known_tree,
         )
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
         # grandchildren holding the pipe are gone now; the relay drains to EOF
         relay.join(timeout=5.0)
         watcher.join(timeout=1.0)
@@ -175,6 +189,11 @@ def run_foreground(
     outcome = RunResult(code, rc, stop_signal, result.escalated, tail, log_path)
     _write_last_exit(state, plan, outcome, notify)
     return outcome
+
+
+def _restore(previous: Mapping[signal.Signals, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def _open_log(state: Path, profile_id: str, notify: Notify) -> tuple[Path | None, BinaryIO | None]:
