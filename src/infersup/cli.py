@@ -229,6 +229,8 @@ def show(
     print(f"# flags checked against {plan.flags_source}")
     if not program.found:
         print(f"# {program.executable} is not installed here; `run` needs it")
+    for note in plan.notes:
+        print(f"# note: {note}")
     for name, value in inherited_server_env(profile.backend, os.environ, plan.env):
         print(f"# note: your environment sets {name}={value}, which the server reads too")
     print(format_command(plan.argv, plan.env, plan.program_len))

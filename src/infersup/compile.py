@@ -13,7 +13,8 @@ Rules (see the README's profile format):
   has one (otherwise nothing: the switch is off unless given);
 - a boolean on a flag that takes a value is mapped onto its choices
   (YAML 1.1 reads ``fit: on`` as ``True``, which must become ``--fit on``);
-- lists join with commas where the flag takes a comma list, become separate
+- lists join with the flag's separator where its one value is a list
+  (``,`` for ``fit_target``, ``;`` for ``samplers``), and become separate
   values where it takes several (argparse ``nargs``);
 - ``key=value`` lists (``override_tensor``) accept ``{pattern: BUF}`` items and
   keep their order: llama.cpp uses the first pattern that matches.
@@ -22,7 +23,7 @@ Rules (see the README's profile format):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from infersup.backends import backend_info
@@ -48,7 +49,7 @@ class LaunchPlan:
     stop_grace_s: float
     program_len: int = 1
     flags_source: str = ""
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()  # things the user should know, e.g. deprecated flags
 
     @property
     def base_url(self) -> str:
@@ -83,6 +84,7 @@ def compile_profile(
         if (spec := table.get(flag)) is not None
     }
     seen: dict[int, Setting] = {}
+    notes: list[str] = []
     for setting in profile.server:
         spec = _lookup(setting, table, backend)
         if id(spec) in reserved:
@@ -99,6 +101,11 @@ def compile_profile(
             )
         seen[id(spec)] = setting
         argv += render_setting(setting, spec)
+        if spec.deprecated:
+            notes.append(
+                f"{setting.where}: {spec.canonical} is deprecated in {table.server} "
+                f"{table.version}; it may be removed in a later release"
+            )
     argv += profile.extra_args
     return LaunchPlan(
         profile_id=profile.id,
@@ -111,6 +118,7 @@ def compile_profile(
         stop_grace_s=profile.supervise.stop_grace_s,
         program_len=len(program),
         flags_source=table.source,
+        notes=tuple(notes),
     )
 
 
@@ -186,15 +194,18 @@ def _render_list(items: tuple[Value, ...], spec: FlagSpec, flag: str, where: str
                     hint=f"for example `{spec.hint}`",
                 )
         words.append(word)
-    if spec.comma_list:
+    if spec.list_sep is not None:
+        sep = spec.list_sep
         for i, word in enumerate(words):
-            if "," in word:
+            if sep in word:
                 raise ConfigError(
-                    f"{where}[{i}]: {word!r} contains a comma, but {flag} splits its value "
-                    "on commas",
-                    hint="rewrite the pattern without ',' (e.g. `(a|b)` instead of `{1,2}`)",
+                    f"{where}[{i}]: {word!r} contains {sep!r}, but {flag} splits its value "
+                    f"on {sep!r}",
+                    hint="rewrite the pattern without ',' (e.g. `(a|b)` instead of `{1,2}`)"
+                    if sep == ","
+                    else None,
                 )
-        return [",".join(words)]
+        return [sep.join(words)]
     if spec.nargs in ("+", "*") or (isinstance(spec.nargs, int) and spec.nargs == len(words)):
         return words
     if isinstance(spec.nargs, int):
@@ -211,11 +222,16 @@ def _scalar_text(value: Value, spec: FlagSpec, flag: str, where: str) -> str:
         text = repr(value)
     else:
         text = str(value)
-    if spec.choices is not None and text not in spec.choices:
-        raise ConfigError(
-            f"{where}: {text!r} is not a valid value for {flag}{suggestion(text, spec.choices)}",
-            hint=f"expected one of: {', '.join(spec.choices)}",
-        )
+    if spec.choices is not None:
+        # a list flag with choices (``--spec-type a,b``) checks every item
+        items = text.split(spec.list_sep) if spec.list_sep else [text]
+        for item in items:
+            if item not in spec.choices:
+                raise ConfigError(
+                    f"{where}: {item!r} is not a valid value for {flag}"
+                    f"{suggestion(item, spec.choices)}",
+                    hint=f"expected one of: {', '.join(spec.choices)}",
+                )
     _check_type(text, spec, flag, where)
     return text
 
@@ -234,13 +250,14 @@ def _bool_word(value: bool, spec: FlagSpec, flag: str, where: str) -> str:
 
 
 def _check_type(text: str, spec: FlagSpec, flag: str, where: str) -> None:
-    kinds = {"int": int, "float": float}
+    kinds: dict[str, type[int] | type[float]] = {"int": int, "float": float, "number": float}
     kind = kinds.get(spec.value_type or "")
-    if kind is None:
+    if kind is None or text in spec.words:
         return
     try:
         kind(text)
     except ValueError:
-        raise ConfigError(
-            f"{where}: {flag} expects {'an integer' if kind is int else 'a number'}, got {text!r}"
-        ) from None
+        expected = "an integer" if kind is int else "a number"
+        if spec.words:
+            expected += " or " + " or ".join(repr(w) for w in spec.words)
+        raise ConfigError(f"{where}: {flag} expects {expected}, got {text!r}") from None

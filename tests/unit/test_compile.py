@@ -86,7 +86,7 @@ def test_override_tensor_pattern_with_comma_is_rejected(write: Write) -> None:
         write, "backend: llama.cpp\nmodel: m\nserver:\n  override_tensor: ['a{1,2}=CPU']\n"
     )
     assert "server.override_tensor[0]" in message
-    assert "splits its value on commas" in message
+    assert "contains ',', but --override-tensor splits its value on ','" in message
 
 
 def test_extra_args_last_and_verbatim(write: Write) -> None:
@@ -164,3 +164,39 @@ def test_sglang_errors(write: Write, server: str, expected: str) -> None:
 def test_compile_is_pure_same_input_same_plan(write: Write) -> None:
     text = "backend: llama.cpp\nmodel: m\nserver: {fit_target: [1, 2], jinja: true}\n"
     assert plan_for(write, text) == plan_for(write, text)
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        ("  ctx_size: abc", "--ctx-size expects a number, got 'abc'"),
+        ("  n_gpu_layers: lots", "--n-gpu-layers expects a number or 'auto' or 'all', got 'lots'"),
+        ("  spec_type: bogus", "'bogus' is not a valid value for --spec-type"),
+        ("  spec_type: ngram-simple,bogus", "'bogus' is not a valid value for --spec-type"),
+        ("  numa: spread", "expected one of: distribute, isolate, numactl"),
+        ("  reasoning_format: deepsek", "did you mean 'deepseek'?"),
+    ],
+)  # fmt: skip
+def test_llama_values_checked_from_help_text(write: Write, server: str, expected: str) -> None:
+    assert expected in error_for(write, f"backend: llama.cpp\nmodel: m\nserver:\n{server}\n")
+
+
+def test_values_the_help_text_allows(write: Write) -> None:
+    argv = argv_for(
+        write,
+        "  n_gpu_layers: all\n  cpu_strict: 7\n  spec_type: [ngram-simple, ngram-mod]\n"
+        "  samplers: [top_k, temperature]\n  reasoning_format: auto\n  temp: 0.7",
+    )
+    assert argv[len(HEAD) :] == [
+        "--n-gpu-layers", "all", "--cpu-strict", "7", "--spec-type", "ngram-simple,ngram-mod",
+        "--samplers", "top_k;temperature", "--reasoning-format", "auto", "--temp", "0.7",
+    ]  # fmt: skip
+
+
+def test_deprecated_flags_compile_with_a_note(write: Write) -> None:
+    plan = plan_for(write, "backend: sglang\nmodel: org/m\nserver: {disable_cuda_graph: true}\n")
+    assert plan.argv[-1] == "--disable-cuda-graph"
+    assert plan.notes == (
+        f"{write('p.yaml', '')}: server.disable_cuda_graph: --disable-cuda-graph is deprecated "
+        "in sglang 0.5.23; it may be removed in a later release",
+    )

@@ -26,7 +26,10 @@ class FlagSpec:
     ``names`` are the positive spellings (long and short); ``negations`` the
     spellings that turn a switch off (``--no-jinja``). ``nargs`` is ``None``
     for exactly one value, an int for a fixed count, or ``'?'``, ``'+'``,
-    ``'*'`` as in argparse.
+    ``'*'`` as in argparse. ``list_sep`` is set for flags whose one value is
+    a list (``,`` for ``--fit-target``, ``;`` for ``--samplers``); with
+    ``choices`` every item must be one. ``value_type`` ``"number"`` accepts
+    any number or one of ``words`` (``-ngl N`` also takes ``auto``/``all``).
     """
 
     names: tuple[str, ...]
@@ -36,8 +39,9 @@ class FlagSpec:
     hint: str = ""
     nargs: int | str | None = None
     value_type: str | None = None
-    comma_list: bool = False
+    list_sep: str | None = None
     key_value: bool = False
+    words: tuple[str, ...] = ()
     env: str | None = None
     deprecated: bool = False
     removed: str | None = None
@@ -117,7 +121,7 @@ class FlagTable:
         flags = []
         for raw in data["flags"]:
             raw = dict(raw)
-            for key in ("names", "negations"):
+            for key in ("names", "negations", "words"):
                 raw[key] = tuple(raw[key])
             if raw.get("choices") is not None:
                 raw["choices"] = tuple(raw["choices"])
@@ -165,11 +169,18 @@ def parse_llama_help(text: str, *, source: str, version: str = "") -> FlagTable:
             entries.append((head, desc_lines))
         elif line.startswith(" ") and entries:
             entries[-1][1].append(line.strip())
-    flags = tuple(_llama_entry(head, " ".join(desc)) for head, desc in entries)
+    flags = tuple(_llama_entry(head, desc) for head, desc in entries)
     return FlagTable(server="llama-server", version=version, source=source, flags=flags)
 
 
-def _llama_entry(head: str, desc: str) -> FlagSpec:
+_NUMERIC_HINTS = frozenset({"N", "INDEX", "PORT", "SEED", "SECONDS", "P", "L"})
+_BULLET = re.compile(r"^- ([\w.+-]+):")
+_DEFAULT = re.compile(r"\(default: '?([\w.+-]+)'?[,)]")
+_QUOTED = re.compile(r"'([a-z]+)'")
+
+
+def _llama_entry(head: str, desc_lines: list[str]) -> FlagSpec:
+    desc = " ".join(desc_lines)
     names: list[str] = []
     rest = head
     while True:
@@ -184,33 +195,63 @@ def _llama_entry(head: str, desc: str) -> FlagSpec:
         break
     hint = rest.strip()
     positives, negatives = _split_negations(names)
-    takes_value = bool(hint)
     choices: tuple[str, ...] | None = None
     nargs: int | str | None = None
+    value_type: str | None = None
+    list_sep: str | None = None
+    words: tuple[str, ...] = ()
     m_choice = re.fullmatch(r"[\[{<]([\w.-]+(?:[|,][\w.-]+)+)[\]}>]", hint)
     if m_choice and ".." not in hint:
         choices = tuple(re.split(r"[|,]", m_choice.group(1)))
+        if all(_is_number(c) for c in choices):
+            # ``--cpu-strict <0|1>``: the server parses a number and accepts others
+            choices, value_type = None, "number"
+    elif re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*(?:,[a-z0-9]+(?:-[a-z0-9]+)*)+", hint):
+        # ``--spec-type none,draft-simple,...``: the allowed items of a comma list
+        choices, list_sep = tuple(hint.split(",")), ","
     elif (m_allowed := _ALLOWED.search(desc)) is not None:
         choices = tuple(c.strip() for c in m_allowed.group(1).split(","))
+    elif re.fullmatch(r"[A-Z]+", hint) and hint not in _NUMERIC_HINTS:
+        bullets = [m.group(1) for line in desc_lines if (m := _BULLET.match(line))]
+        if len(bullets) >= 2:  # ``--numa TYPE`` then "- distribute: ..." lines
+            default = _DEFAULT.search(desc)
+            extra = [default.group(1)] if default and default.group(1) not in bullets else []
+            choices = (*bullets, *extra)
+    if hint in _NUMERIC_HINTS or re.fullmatch(r"<\d+\.\.\.\d+>", hint):
+        value_type = "number"
+        words = tuple(dict.fromkeys(_QUOTED.findall(desc)))
     if re.fullmatch(r"[A-Z_]+(?: [A-Z_]+)+", hint):
         nargs = len(hint.split())
-    # ``{none,layer,row}`` is a choice, not a list; ``N0,N1,...`` is a list
-    comma_list = choices is None and ("," in hint or "comma-separated" in desc)
+    if list_sep is None and choices is None:
+        if "separated by ';'" in desc:
+            list_sep = ";"
+        elif "," in hint or "comma-separated" in desc:
+            list_sep = ","
     m_env = _ENV.search(desc)
     removed = desc if desc.lower().startswith("the argument has been removed") else None
     return FlagSpec(
         names=tuple(positives),
-        takes_value=takes_value,
+        takes_value=bool(hint),
         negations=tuple(negatives),
         choices=choices,
         hint=hint,
         nargs=nargs,
-        comma_list=comma_list,
-        key_value=comma_list and "=" in hint,
+        value_type=value_type,
+        list_sep=list_sep,
+        key_value=list_sep is not None and "=" in hint,
+        words=words,
         env=m_env.group(1) if m_env else None,
         deprecated="DEPRECATED" in desc,
         removed=removed,
     )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _split_negations(names: list[str]) -> tuple[list[str], list[str]]:
