@@ -137,8 +137,11 @@ def list_cmd(
     except InfersupError as exc:
         _fail(exc)
     mdir = resolve_models_dir(models_dir)
-    rows = []
-    failed = False
+    rows: list[dict[str, object]] = [
+        {"id": None, "source": None, "error": exc.message, "hint": exc.hint}
+        for exc in catalog.broken
+    ]
+    failed = bool(rows)
     for pid in catalog.ids():
         entry = catalog.entries[pid]
         row: dict[str, object] = {"id": pid, "source": entry.location}
@@ -146,7 +149,7 @@ def list_cmd(
             profile = catalog.load(pid)
         except InfersupError as exc:
             failed = True
-            row.update(error=exc.message)
+            row.update(error=exc.message, hint=exc.hint)
             rows.append(row)
             continue
         location = locate_model(profile, mdir)
@@ -182,7 +185,11 @@ def list_cmd(
         for row in rows:
             if "error" in row:
                 table.add_row(
-                    escape(str(row["id"])), "[red]invalid[/]", escape(str(row["error"])), "", ""
+                    escape(str(row["id"] or "-")),
+                    "[red]invalid[/]",
+                    escape(str(row["error"])),
+                    "",
+                    escape(str(row["source"] or "")),
                 )
                 continue
             if row["present"] is None:

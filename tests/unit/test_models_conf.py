@@ -91,10 +91,12 @@ def test_bad_flash_attn_value_names_line_and_choices(write: Write) -> None:
     ("text", "expected"),
     [
         ("[a]\nNAME=x\n", "models.conf:1: [a] has no MODEL"),
-        ("[a]\nMODEL=x\n[a]\nMODEL=y\n", "models.conf: line 3: section [a] is defined twice"),
+        ("[a]\nMODEL=x\n[a]\nMODEL=y\n", "models.conf: section [a] is defined twice: lines 1 and 3"),
         ("[a]\nMODEL=x\nCTX_SISE=4\n", "models.conf:3: [a] CTX_SISE: unknown key; did you mean 'CTX_SIZE'?"),
         ("[*]\nMODLE=x\n[a]\nMODEL=x\n", "models.conf:2: [*] MODLE: unknown key; did you mean 'MODEL'?"),
-        ("MODEL=x\n", "a key before the first [section]"),
+        ("MODEL=x\n", "models.conf: line 1: expected a [section] header first, got 'MODEL=x'"),
+        ("[a\nMODEL=x\n", "line 1: expected a [section] header first, got '[a'"),
+        ("[a]\nctx_size=1\nMODEL=x\n", "models.conf:2: [a] ctx_size: unknown key; did you mean 'CTX_SIZE'?"),
         ("[a]\nMODEL=x\nPORT=http\n", "[a] PORT: expected a port number 1-65535"),
         ("[a]\nMODEL=x\nEXTRA_ARGS=--alias \"unclosed\n", "[a] EXTRA_ARGS: cannot split into arguments"),
         ("[a]\nMODEL=x\nMODEL=y\n", "[a] sets MODEL twice"),
@@ -120,3 +122,20 @@ def test_nerdpudding_section_keeps_regex_backslashes(write: Write) -> None:
         "-ot", "blk\\.([0-9]|[12][0-9]|3[0-2])\\.=CUDA0,blk\\.(3[3-9]|4[0-6])\\.=CUDA1",
     ]  # fmt: skip
     assert load_models_conf(path)["glm-flash-q8"].model == "GLM-4.7-Flash/GLM-4.7-Flash-Q8_0.gguf"
+
+
+def test_not_utf8_and_nul_are_config_errors(tmp_path: Path) -> None:
+    path = tmp_path / "models.conf"
+    path.write_bytes(b"[a]\nMODEL=x\xff\n")
+    with pytest.raises(ConfigError, match=r"models.conf: line 2: not UTF-8 text \(byte 0xff\)"):
+        load_models_conf(path, shown="models.conf")
+    path.write_bytes(b"[a]\nMODEL=x\x00y\n")
+    with pytest.raises(ConfigError, match=r"models.conf:2: \[a\] MODEL: contains a NUL"):
+        load_models_conf(path, shown="models.conf")
+
+
+def test_one_bad_section_does_not_block_another(write: Write) -> None:
+    path = write("models.conf", "[good]\nMODEL=g.gguf\n[bad]\nNAME=x\n")
+    assert load_models_conf(path, only="good")["good"].model == "g.gguf"
+    with pytest.raises(ConfigError, match=r"\[bad\] has no MODEL"):
+        load_models_conf(path, only="bad")

@@ -125,3 +125,46 @@ def test_broken_profile_does_not_block_another(tmp_path: Path, write: Write) -> 
     assert catalog.load("good").model == "m"
     with pytest.raises(ConfigError):
         catalog.load("bad")
+
+
+def test_malformed_models_conf_does_not_hide_yaml_profiles(tmp_path: Path, write: Write) -> None:
+    write("profiles/good.yaml", "backend: llama.cpp\nmodel: m\n")
+    write("models.conf", "[a\nMODEL=x\n")
+    catalog = discover(cwd=tmp_path, env={})
+    assert catalog.load("good").model == "m"
+    with pytest.raises(ConfigError) as info:
+        catalog.load("a")
+    assert "no profile 'a' found, and a profile file could not be read: models.conf: line 1" in str(
+        info.value
+    )
+
+
+def test_yaml_duplicate_keys_not_utf8_and_nul(tmp_path: Path, write: Write) -> None:
+    message = yaml_error(
+        write, "backend: llama.cpp\nmodel: m\nserver:\n  ctx_size: 1\n  ctx_size: 2\n"
+    )
+    assert (
+        "bad.yaml: not valid YAML (line 5, column 3): key 'ctx_size' is given twice (first on line 4)"
+        in message
+    )
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(b"backend: llama.cpp\nmodel: m\ndescription: \xff\n")
+    with pytest.raises(ConfigError, match=r"bin.yaml: line 3: not UTF-8 text \(byte 0xff\)"):
+        load_yaml_profile(path)
+    for text, where in [
+        ('backend: llama.cpp\nmodel: "a\\0b"\n', "bad.yaml: model: contains a NUL"),
+        ('backend: llama.cpp\nmodel: m\nenv: {A: "x\\0y"}\n', "bad.yaml: env.A: contains a NUL"),
+        (
+            'backend: llama.cpp\nmodel: m\nextra_args: ["\\0"]\n',
+            "bad.yaml: extra_args[0]: contains a NUL",
+        ),
+        (
+            'backend: llama.cpp\nmodel: m\nserver: {alias: "\\0"}\n',
+            "bad.yaml: server.alias: contains a NUL",
+        ),
+        (
+            "backend: llama.cpp\nmodel: m\nenv: {MY-VAR: x}\n",
+            "bad.yaml: env: 'MY-VAR': not a valid environment variable name",
+        ),
+    ]:
+        assert where in yaml_error(write, text)

@@ -5,8 +5,10 @@ Sources, in order: ``--profiles PATH`` (repeatable), else ``INFERSUP_PROFILES``
 contributes its ``*.yaml``/``*.yml`` files (id = file stem) and any
 ``models.conf`` in it; a file is read as YAML or as models.conf by suffix.
 
-Ids are indexed without parsing YAML bodies, so one broken profile does not
-stop ``show`` or ``run`` of another; an id defined twice is always an error.
+Ids are indexed without parsing YAML bodies (and models.conf sections are
+built one at a time), so one broken profile does not stop ``show`` or ``run``
+of another; a models.conf that cannot be parsed at all is set aside and
+reported. An id defined twice is always an error.
 """
 
 from __future__ import annotations
@@ -43,10 +45,16 @@ class Entry:
 
 
 class Catalog:
-    def __init__(self, entries: Mapping[str, Entry], sources: Sequence[str]) -> None:
+    def __init__(
+        self,
+        entries: Mapping[str, Entry],
+        sources: Sequence[str],
+        broken: Sequence[ConfigError] = (),
+    ) -> None:
         self.entries = dict(entries)
         self.sources = tuple(sources)
-        self._conf_cache: dict[Path, dict[str, Profile]] = {}
+        # files that could not be read at all: their ids are unknown
+        self.broken = tuple(broken)
 
     def ids(self) -> list[str]:
         return sorted(self.entries)
@@ -55,6 +63,13 @@ class Catalog:
         try:
             return self.entries[profile_id]
         except KeyError:
+            if self.broken:  # the id may well be in a file we could not read
+                first = self.broken[0]
+                raise ConfigError(
+                    f"no profile {profile_id!r} found, and a profile file could not be read: "
+                    f"{first.message}",
+                    hint=first.hint,
+                ) from None
             if not self.entries:
                 raise UsageError(
                     f"no profile {profile_id!r}: no profiles found in {', '.join(self.sources)}",
@@ -69,9 +84,7 @@ class Catalog:
         entry = self.entry(profile_id)
         if entry.is_yaml:
             return load_yaml_profile(entry.path, display=entry.shown)
-        if entry.path not in self._conf_cache:
-            self._conf_cache[entry.path] = load_models_conf(entry.path, shown=entry.shown)
-        return self._conf_cache[entry.path][profile_id]
+        return load_models_conf(entry.path, shown=entry.shown, only=profile_id)[profile_id]
 
 
 def source_paths(
@@ -95,12 +108,18 @@ def discover(
     env = os.environ if env is None else env
     paths, named = source_paths(explicit, env, cwd)
     entries: dict[str, Entry] = {}
+    broken: list[ConfigError] = []
     for path in paths:
         if not path.exists():
             if named:
                 raise UsageError(f"profiles path {_shown(path, cwd)}: no such file or directory")
             continue
-        for entry in _entries(path, cwd):
+        try:
+            found = _entries(path, cwd)
+        except ConfigError as exc:  # a malformed models.conf must not hide the YAML profiles
+            broken.append(exc)
+            continue
+        for entry in found:
             if entry.id in entries:
                 first = entries[entry.id]
                 raise ConfigError(
@@ -109,7 +128,7 @@ def discover(
                     hint="ids must be unique across all profile files; rename one",
                 )
             entries[entry.id] = entry
-    return Catalog(entries, [_shown(p, cwd) for p in paths])
+    return Catalog(entries, [_shown(p, cwd) for p in paths], broken)
 
 
 def _entries(path: Path, cwd: Path) -> list[Entry]:

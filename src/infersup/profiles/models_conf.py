@@ -16,6 +16,7 @@ from pathlib import Path
 
 from infersup.errors import ConfigError, suggestion
 from infersup.profiles.schema import DEFAULT_HOST, LLAMA_CPP, Profile, Setting
+from infersup.profiles.source import check_text, read_text
 
 DEFAULTS_SECTION = "*"
 
@@ -53,10 +54,7 @@ class ConfSection:
 
 def read_sections(path: Path, *, shown: str) -> list[ConfSection]:
     """Parse the INI file; keep key case and line numbers for error messages."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    text = read_text(path, shown)
     parser = configparser.ConfigParser(
         interpolation=None,
         delimiters=("=",),
@@ -69,8 +67,9 @@ def read_sections(path: Path, *, shown: str) -> list[ConfSection]:
     try:
         parser.read_string(text, source=shown)
     except configparser.DuplicateSectionError as exc:
+        first = _line_numbers(text).get((str(exc.section), None))
         raise ConfigError(
-            f"{shown}: line {exc.lineno}: section [{exc.section}] is defined twice",
+            f"{shown}: section [{exc.section}] is defined twice: lines {first} and {exc.lineno}",
             hint="profile ids must be unique; rename or merge one of them",
         ) from None
     except configparser.DuplicateOptionError as exc:
@@ -79,7 +78,8 @@ def read_sections(path: Path, *, shown: str) -> list[ConfSection]:
         ) from None
     except configparser.MissingSectionHeaderError as exc:
         raise ConfigError(
-            f"{shown}: line {exc.lineno}: a key before the first [section]",
+            f"{shown}: line {exc.lineno}: expected a [section] header first, "
+            f"got {exc.line.strip()!r}",
             hint="start each model with `[model-id]`; use `[*]` for shared defaults",
         ) from None
     except configparser.Error as exc:
@@ -89,8 +89,9 @@ def read_sections(path: Path, *, shown: str) -> list[ConfSection]:
     for name in parser.sections():
         sec = ConfSection(name, line_of.get((name, None), 0))
         for key, value in parser.items(name):
-            sec.values[key] = _unquote(value.strip())
             sec.lines[key] = line_of.get((name, key), sec.line)
+            where = f"{shown}:{sec.lines[key]}: [{name}] {key}"
+            sec.values[key] = check_text(_unquote(value.strip()), where)
         sections.append(sec)
     return sections
 
@@ -102,7 +103,7 @@ def _line_numbers(text: str) -> dict[tuple[str, str | None], int]:
         line = raw.strip()
         if m := re.fullmatch(r"\[(.+)\]", line):
             section = m.group(1)
-            out[(section, None)] = n
+            out.setdefault((section, None), n)
         elif section is not None and "=" in line and not line.startswith(("#", ";")):
             out.setdefault((section, line.split("=", 1)[0].strip()), n)
     return out
@@ -114,17 +115,22 @@ def _unquote(value: str) -> str:
     return value
 
 
-def load_models_conf(path: Path, *, shown: str | None = None) -> dict[str, Profile]:
-    """All profiles of one models.conf, by id."""
+def load_models_conf(
+    path: Path, *, shown: str | None = None, only: str | None = None
+) -> dict[str, Profile]:
+    """The profiles of one models.conf, by id; with ``only``, just that one.
+
+    ``only`` keeps a mistake in one section from blocking the others (the
+    ``[*]`` defaults are still checked: they belong to every section).
+    """
     display = shown or str(path)
     sections = read_sections(path, shown=display)
     defaults = next((s for s in sections if s.name == DEFAULTS_SECTION), None)
-    profiles: dict[str, Profile] = {}
-    for sec in sections:
-        if sec.name == DEFAULTS_SECTION:
-            continue
-        profiles[sec.name] = _profile(sec, defaults, path, display)
-    return profiles
+    return {
+        sec.name: _profile(sec, defaults, path, display)
+        for sec in sections
+        if sec.name != DEFAULTS_SECTION and only in (None, sec.name)
+    }
 
 
 def _profile(sec: ConfSection, defaults: ConfSection | None, path: Path, shown: str) -> Profile:
@@ -135,6 +141,11 @@ def _profile(sec: ConfSection, defaults: ConfSection | None, path: Path, shown: 
         for key, value in layer.values.items():
             where = f"{shown}:{layer.lines[key]}: [{layer.name}] {key}"
             if key not in KNOWN_KEYS:
+                if key.upper() in KNOWN_KEYS:
+                    raise ConfigError(
+                        f"{where}: unknown key; did you mean '{key.upper()}'?",
+                        hint="models.conf keys are upper case",
+                    )
                 raise ConfigError(
                     f"{where}: unknown key{suggestion(key, KNOWN_KEYS)}",
                     hint="other llama-server flags go in EXTRA_ARGS",

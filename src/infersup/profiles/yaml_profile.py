@@ -9,6 +9,7 @@ so ``compile`` can report problems precisely.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from infersup.profiles.schema import (
     SuperviseSettings,
     Value,
 )
+from infersup.profiles.source import check_text, read_text
 
 TOP_LEVEL_KEYS = (
     "description",
@@ -41,14 +43,33 @@ TOP_LEVEL_KEYS = (
 SUPERVISE_KEYS = ("stop_grace_s",)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (first on line {seen[key] + 1}); "
+                    "YAML would silently keep the last one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def load_yaml_profile(path: Path, *, display: str | None = None) -> Profile:
     shown = display or str(path)
+    text = read_text(path, shown)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{shown}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -135,7 +156,7 @@ def _opt_str(data: Mapping[str, Any], key: str, at: Callable[[str], str]) -> str
             f"{at(key)}: expected a string, got {_type_name(value)} ({value!r})",
             hint="quote the value in YAML",
         )
-    return value
+    return check_text(value, at(key))
 
 
 def _server(raw: object, where: str) -> tuple[Setting, ...]:
@@ -156,7 +177,9 @@ def _server(raw: object, where: str) -> tuple[Setting, ...]:
 
 
 def _value(value: object, where: str) -> Value:
-    if value is None or isinstance(value, str | bool | int):
+    if isinstance(value, str):
+        return check_text(value, where)
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -180,7 +203,7 @@ def _item(value: object, where: str) -> Value:
         ((k, v),) = value.items()
         if isinstance(v, bool) or not isinstance(v, str | int | float):
             raise ConfigError(f"{where}.{k}: expected a string value, got {_type_name(v)}")
-        return Pair(str(k), str(v))
+        return Pair(check_text(str(k), where), check_text(str(v), f"{where}.{k}"))
     if isinstance(value, list):
         raise ConfigError(f"{where}: nested lists are not supported")
     return _value(value, where)
@@ -203,7 +226,7 @@ def _extra_args(raw: object, where: str) -> tuple[str, ...]:
                 f"{where}[{i}]: expected a string, got {_type_name(item)} ({item!r})",
                 hint="quote it: YAML reads on/off/yes/no as booleans",
             )
-        out.append(str(item))
+        out.append(check_text(str(item), f"{where}[{i}]"))
     return tuple(out)
 
 
@@ -214,14 +237,17 @@ def _env(raw: object, where: str) -> tuple[tuple[str, str], ...]:
         raise ConfigError(f"{where}: expected a mapping NAME: value, got {_type_name(raw)}")
     out = []
     for key, value in raw.items():
-        if not isinstance(key, str) or not key or "=" in key:
-            raise ConfigError(f"{where}: {key!r}: not a valid environment variable name")
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+            raise ConfigError(
+                f"{where}: {key!r}: not a valid environment variable name",
+                hint="use letters, digits and _, not starting with a digit",
+            )
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ConfigError(
                 f"{where}.{key}: expected a string, got {_type_name(value)} ({value!r})",
                 hint="quote it: YAML reads on/off/yes/no as booleans",
             )
-        out.append((key, str(value)))
+        out.append((key, check_text(str(value), f"{where}.{key}")))
     return tuple(out)
 
 
