@@ -166,6 +166,7 @@ def list_cmd(
                 size=files.total_size if files.complete else None,
                 shards=len(files.shards),
                 missing=[str(p) for p in files.missing],
+                problem=files.problem,
             )
         else:
             row.update(present=None, size=None, shards=None, missing=[])

@@ -61,10 +61,11 @@ class ModelFiles:
     """All files of a model (one, or every shard of a split GGUF)."""
 
     shards: tuple[Shard, ...]
+    problem: str | None = None  # e.g. a profile naming shard 2 of 3
 
     @property
     def complete(self) -> bool:
-        return all(s.size is not None for s in self.shards)
+        return self.problem is None and all(s.size is not None for s in self.shards)
 
     @property
     def missing(self) -> tuple[Path, ...]:
@@ -78,14 +79,17 @@ class ModelFiles:
 def model_files(path: Path) -> ModelFiles:
     """Every shard of ``path`` with its real size; a directory counts as a whole."""
     m = _SHARD.match(path.name)
-    if m is None:
+    index, count = (int(m.group("index")), int(m.group("count"))) if m else (0, 0)
+    if m is None or not 1 <= index <= count:  # not a shard name (e.g. -00001-of-00000)
         return ModelFiles((Shard(path, _size(path)),))
-    count = int(m.group("count"))
     paths = [
         path.with_name(f"{m.group('stem')}-{i:05d}-of-{count:05d}.gguf")
         for i in range(1, count + 1)
     ]
-    return ModelFiles(tuple(Shard(p, _size(p)) for p in paths))
+    problem = None
+    if index != 1:  # llama-server loads the other shards only from the first
+        problem = f"{path.name} is shard {index} of {count}; name the first one, {paths[0].name}"
+    return ModelFiles(tuple(Shard(p, _size(p)) for p in paths), problem)
 
 
 def _size(path: Path) -> int | None:
@@ -93,7 +97,7 @@ def _size(path: Path) -> int | None:
         if path.is_dir():
             return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         return path.stat().st_size
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the name
         return None
 
 
@@ -102,6 +106,8 @@ def require_model(profile: Profile, location: ModelLocation) -> ModelFiles | Non
     if not location.is_path:
         return None
     files = model_files(Path(location.arg))
+    if files.problem is not None:
+        raise ModelError(f"{profile.id}: {files.problem}", hint=f"edit `model:` in {profile.where}")
     if not files.complete:
         missing = ", ".join(str(p) for p in files.missing)
         first = len(files.shards) == 1

@@ -14,6 +14,7 @@ of the pinned version is used.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -145,10 +146,14 @@ def _find_sglang(python: str | None, env: Mapping[str, str]) -> ServerProgram:
     chosen = _explicit(
         (("--python", python), (ENV_SGLANG_PYTHON, env.get(ENV_SGLANG_PYTHON))), looked
     )
-    if chosen is not None:
-        return ServerProgram(SGLANG, (chosen[0], "-m", SGLANG_MODULE), chosen[1], tuple(looked))
-    looked.append(f"current interpreter {sys.executable}")
-    return ServerProgram(SGLANG, (sys.executable, "-m", SGLANG_MODULE), True, tuple(looked))
+    if chosen is None:
+        chosen = (sys.executable, True)
+        looked.append(f"current interpreter {sys.executable}")
+    interpreter, runnable = chosen
+    found = runnable and bool(_sglang_origin_stamp(interpreter))
+    if runnable and not found:
+        looked[-1] += " (no sglang module there)"
+    return ServerProgram(SGLANG, (interpreter, "-m", SGLANG_MODULE), found, tuple(looked))
 
 
 # --------------------------------------------------------------------------
@@ -242,6 +247,7 @@ def _llama_table_from_binary(executable: str) -> FlagTable | None:
     return flagdata.parse_llama_help(helped.stdout, source=f"{executable} --help", version=version)
 
 
+@functools.cache
 def _sglang_origin_stamp(python: str) -> str:
     """Where sglang is installed for that interpreter (without importing it), or ''."""
     found = _run(

@@ -156,7 +156,8 @@ def test_sigterm_escalates_to_sigkill_when_the_server_hangs_in_cleanup(
             request.result(timeout=30)  # the client sees the connection drop, not a hang
     err = run.err_text()
     assert "server did not stop within 1s; sent SIGKILL" in err
-    assert b"cleaning up before exit" in run.stdout.read_bytes()
+    # (Not asserted: the server's "cleaning up before exit..." line. llama.cpp
+    # logs from a worker thread, so a SIGKILL can land before it is written.)
     assert run.server_pid is not None and group_gone(run.server_pid)
     record = json.loads((run.state / "stuck.last-exit.json").read_text())
     assert record["killed_after_grace"] is True

@@ -158,3 +158,22 @@ def test_show_notes_inherited_server_env(runner: CliRunner) -> None:
     )
     assert "# note: your environment sets LLAMA_ARG_N_GPU_LAYERS=99" in result.stdout
     assert "SGLANG_X" not in result.stdout
+
+
+def test_list_flags_a_profile_naming_a_later_shard(
+    runner: CliRunner, tmp_path: Path, write: Write
+) -> None:
+    write("p/two.yaml", "backend: llama.cpp\nmodel: big-00002-of-00002.gguf\n")
+    write("p/zero.yaml", "backend: llama.cpp\nmodel: odd-00001-of-00000.gguf\n")
+    write("models/big-00001-of-00002.gguf", "x")
+    write("models/big-00002-of-00002.gguf", "y")
+    result = runner.invoke(
+        app, ["list", "--json", "-p", str(tmp_path / "p"), "--models-dir", str(tmp_path / "models")]
+    )
+    rows = {row["id"]: row for row in json.loads(result.stdout)}
+    assert rows["two"]["present"] is False
+    assert rows["two"]["problem"] == (
+        "big-00002-of-00002.gguf is shard 2 of 2; name the first one, big-00001-of-00002.gguf"
+    )
+    # not a shard name: one file, and it is missing
+    assert (rows["zero"]["present"], rows["zero"]["shards"]) == (False, 1)

@@ -65,11 +65,24 @@ def test_explicit_but_wrong_binary_is_not_skipped(tmp_path: Path) -> None:
     assert "(not an executable file)" in program.looked[-1]
 
 
-def test_sglang_program(tmp_path: Path) -> None:
-    py = make_exe(tmp_path / "python")
-    assert find_program("sglang", env={}).prefix == (sys.executable, "-m", "sglang.launch_server")
-    assert find_program("sglang", env={"INFERSUP_SGLANG_PYTHON": str(py)}).prefix[0] == str(py)
-    assert find_program("sglang", python=str(py), env={}).found
+def test_sglang_needs_the_module_in_the_chosen_interpreter(tmp_path: Path) -> None:
+    # a stand-in interpreter whose find_spec('sglang') finds a module
+    with_sglang = make_exe(
+        tmp_path / "py-with" / "python", "#!/bin/sh\necho /x/sglang/__init__.py 1\n"
+    )
+    without = make_exe(tmp_path / "py-without" / "python", "#!/bin/sh\necho\n")
+    found = find_program("sglang", env={"INFERSUP_SGLANG_PYTHON": str(with_sglang)})
+    assert found.found and found.prefix == (str(with_sglang), "-m", "sglang.launch_server")
+    missing = find_program("sglang", python=str(without), env={})
+    assert not missing.found
+    assert missing.looked[-1] == f"--python={without} (no sglang module there)"
+    # this test venv has no sglang: the current interpreter is looked at and refused
+    current = find_program("sglang", env={})
+    assert current.prefix[0] == sys.executable and not current.found
+    with pytest.raises(ServerNotFoundError) as info:
+        current.require()
+    assert f"current interpreter {sys.executable} (no sglang module there)" in str(info.value)
+    assert "pass --python PATH or set INFERSUP_SGLANG_PYTHON" in str(info.value)
 
 
 def test_flag_table_from_binary_help_is_cached(
