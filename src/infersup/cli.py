@@ -320,7 +320,7 @@ def run(
         )
     except InfersupError as exc:
         _fail(exc)
-    if result.stop_signal is None and result.returncode != 0:
+    if result.failed:
         if result.tail:
             console.print("[bold]last server output:[/]")
             for line in result.tail:

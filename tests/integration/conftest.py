@@ -66,6 +66,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # ignore http_proxy
+
+
 def http(
     method: str, url: str, body: object | None = None, timeout: float = 30.0
 ) -> tuple[int, dict[str, object]]:
@@ -73,7 +76,7 @@ def http(
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with DIRECT.open(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")

@@ -58,6 +58,7 @@ def test_tiny_generated_model_serves_a_completion_and_stops_cleanly(
     assert str(tiny_model).encode() in log
     record = json.loads((run.state / "tiny.last-exit.json").read_text())
     assert (record["returncode"], record["stopped_by_signal"]) == (0, signal.SIGINT)
+    assert (record["sigkill_sent"], record["failed"]) == (False, False)
 
 
 @pytest.mark.timeout(180)
@@ -109,6 +110,7 @@ def test_server_error_exit_is_reported_with_its_last_lines(
     assert "last server output:" in err and "--no-such-flag" in err
     record = json.loads((run.state / "broken.last-exit.json").read_text())
     assert record["returncode"] == 1 and record["stopped_by_signal"] is None
+    assert record["failed"] is True
     assert any("--no-such-flag" in line for line in record["last_lines"])
 
 
@@ -160,7 +162,7 @@ def test_sigterm_escalates_to_sigkill_when_the_server_hangs_in_cleanup(
     # logs from a worker thread, so a SIGKILL can land before it is written.)
     assert run.server_pid is not None and group_gone(run.server_pid)
     record = json.loads((run.state / "stuck.last-exit.json").read_text())
-    assert record["killed_after_grace"] is True
+    assert record["sigkill_sent"] is True and record["failed"] is False
     assert record["returncode"] == -signal.SIGKILL
 
 

@@ -10,6 +10,7 @@ one warning; supervision goes on and the other sinks keep everything.
 from __future__ import annotations
 
 import io
+import queue
 import threading
 from collections.abc import Callable
 from typing import BinaryIO
@@ -29,6 +30,83 @@ class Sink:
         self.stream.write(data)
         if self.flush:
             self.stream.flush()
+
+
+class QueuedSink(Sink):
+    """A sink that never blocks the relay: a writer thread drains a bounded queue.
+
+    A terminal can stall (a paused ``less``, a frozen SSH session) and the
+    server must not stall with it: its output pipe would fill and its threads
+    block on logging. Past ``max_pending`` bytes, output is dropped for this
+    sink only, and a marker in the stream says how much (the log keeps all).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stream: BinaryIO,
+        *,
+        max_pending: int = 8 << 20,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(name, stream)
+        self.max_pending = max_pending
+        self.dropped_total = 0
+        self._on_error = on_error
+        self._pending = 0
+        self._dropped = 0
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._drain, name="infersup-sink", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes | memoryview) -> None:
+        size = len(data)
+        with self._lock:
+            if self._pending + size > self.max_pending:
+                self._dropped += size
+                self.dropped_total += size
+                return
+            self._pending += size
+            marker, self._dropped = self._marker(self._dropped), 0
+        if marker:
+            self._queue.put(marker)
+        self._queue.put(bytes(data))  # the relay reuses its buffer: copy
+
+    @staticmethod
+    def _marker(dropped: int) -> bytes:
+        if not dropped:
+            return b""
+        return (
+            f"\n[infersup: {dropped} bytes of server output not shown here (output was "
+            "too slow to keep up); the log file has everything]\n"
+        ).encode()
+
+    def _drain(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            with self._lock:
+                self._pending -= len(chunk)
+            if self.broken is not None:
+                continue
+            try:
+                self.stream.write(chunk)
+                self.stream.flush()
+            except (OSError, ValueError) as exc:
+                self.broken = str(exc)
+                if self._on_error is not None:
+                    self._on_error(
+                        f"server output is no longer written to {self.name}: {exc}; "
+                        "the log file still gets it"
+                    )
+
+    def close(self, timeout: float) -> None:
+        """Flush what is queued (and a final drop marker), waiting at most ``timeout``."""
+        with self._lock:
+            marker, self._dropped = self._marker(self._dropped), 0
+        if marker:
+            self._queue.put(marker)
+        self._queue.put(None)
+        self._thread.join(timeout)
 
 
 class Tail:

@@ -35,7 +35,8 @@ from infersup.supervise.process import (
     spawn,
     stop_tree,
 )
-from infersup.supervise.relay import OutputRelay, Sink
+from infersup.errors import InfersupError
+from infersup.supervise.relay import OutputRelay, QueuedSink, Sink
 
 ENV_STATE_DIR = "INFERSUP_STATE_DIR"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -54,13 +55,19 @@ def state_dir(env: Mapping[str, str] | None = None) -> Path:
 class RunResult:
     exit_code: int
     returncode: int
-    stop_signal: int | None
-    escalated: bool
+    stop_signal: int | None  # the signal the user stopped infersup with, if any
+    killed: bool  # infersup sent SIGKILL (grace period over, or a second Ctrl-C)
+    failed: bool  # the server failed, rather than stopping as asked or ending cleanly
     tail: tuple[str, ...]
     log_path: Path | None
 
 
 Notify = Callable[[str, str], None]  # (level: info|ready|warning|error, message)
+
+
+# The probe talks to our own server: an http_proxy in the environment must not
+# route it elsewhere (urllib honours proxy variables by default).
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def wait_ready(
@@ -80,7 +87,7 @@ def wait_ready(
     fast_until = time.monotonic() + 30.0
     while alive() and not stop.is_set():
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            with _DIRECT.open(url, timeout=timeout_s) as resp:
                 if resp.status == 200:
                     return True
         except (urllib.error.URLError, OSError, ValueError):
@@ -88,6 +95,66 @@ def wait_ready(
         stop.wait(interval)
         interval = min(interval * 1.5, 0.05 if time.monotonic() < fast_until else 0.5)
     return False
+
+
+class Interrupted(InfersupError):
+    """The user stopped infersup before the server was started."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name} before the server started")
+        self.exit_code = 128 + signum
+
+
+class _Stopper:
+    """What the user asked for by signal, and what was done about it.
+
+    Driven from signal handlers (which Python runs in the main thread between
+    bytecodes). The first signal is forwarded to the server's group exactly
+    once, also when it arrives while the server is being spawned; a second one
+    SIGKILLs the group; signals after the server has ended are ignored so the
+    exit record is always written.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.forced = False
+        self.tree: list[psutil.Process] = []
+        self.event = threading.Event()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._forwarded = False
+
+    def attach(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        if self.signum is not None:
+            self._forward()
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is not None:
+            return  # the server has ended; nothing left to stop
+        if self.signum is None:
+            self.signum = signum
+            self.event.set()
+            self._forward()
+        elif proc is not None:
+            self.forced = True
+            signal_group(proc.pid, signal.SIGKILL)
+
+    def _forward(self) -> None:
+        if self._proc is None or self._forwarded or self.signum is None:
+            return
+        self._forwarded = True
+        self.tree.extend(descendants(self._proc.pid))
+        # llama-server and SGLang treat INT and TERM alike; HUP becomes TERM
+        sig = signal.SIGINT if self.signum == signal.SIGINT else signal.SIGTERM
+        signal_group(self._proc.pid, sig)
+
+    @property
+    def sent(self) -> int | None:
+        """The signal forwarded to the server, if any."""
+        if not self._forwarded:
+            return None
+        return signal.SIGINT if self.signum == signal.SIGINT else signal.SIGTERM
 
 
 def run_foreground(
@@ -98,95 +165,104 @@ def run_foreground(
     notify: Notify,
     state: Path,
 ) -> RunResult:
-    log_path, log_stream = _open_log(state, plan.profile_id, notify)
-    sinks = []
-    if terminal is not None:
-        sinks.append(Sink("the terminal", terminal))
-    if log_stream is not None:
-        sinks.append(Sink(str(log_path), log_stream))
-
-    stop = threading.Event()
-    requested: list[int] = []
-    known_tree: list[psutil.Process] = []
-    children: list[subprocess.Popen[bytes]] = []  # set once spawned
-
-    def forward(signum: int) -> None:
-        pid = children[0].pid
-        known_tree.extend(descendants(pid))
-        signal_group(pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if requested:  # second signal: no more patience
-            if children:
-                signal_group(children[0].pid, signal.SIGKILL)
-            return
-        requested.append(signum)
-        stop.set()
-        if children:
-            forward(signum)
-
+    stopper = _Stopper()
     # Handlers first: a Ctrl-C right after spawn must not orphan the server.
-    previous = {sig: signal.signal(sig, on_signal) for sig in FORWARDED}
+    previous = {sig: signal.signal(sig, stopper.on_signal) for sig in FORWARDED}
     try:
-        proc = spawn(plan.argv, env)
-    except BaseException:
+        return _run(plan, env, terminal, notify, state, stopper)
+    finally:
         _restore(previous)
-        raise
-    children.append(proc)
-    if requested:  # the signal came while spawning
-        forward(requested[0])
+
+
+def _run(
+    plan: LaunchPlan,
+    env: Mapping[str, str],
+    terminal: BinaryIO | None,
+    notify: Notify,
+    state: Path,
+    stopper: _Stopper,
+) -> RunResult:
+    log_path, log_stream = _open_log(state, plan.profile_id, notify)
+    if stopper.signum is not None:  # Ctrl-C while we were getting ready: start nothing
+        if log_stream is not None:
+            log_stream.close()
+        raise Interrupted(stopper.signum)
+    # (a signal from here on is forwarded by stopper.attach once the server exists)
+    terminal_sink = None
+    if terminal is not None:
+        terminal_sink = QueuedSink(
+            "the terminal", terminal, on_error=lambda m: notify("warning", m)
+        )
+    sinks: list[Sink] = [terminal_sink] if terminal_sink is not None else []
+    if log_stream is not None:  # unbuffered: `tail -f` sees output at once
+        sinks.append(Sink(str(log_path), log_stream, flush=False))
+
+    proc = spawn(plan.argv, env)
+    stopper.attach(proc)
     notify("info", f"started {plan.profile_id} (pid {proc.pid}), waiting for {plan.health_url}")
     assert proc.stdout is not None
     relay = OutputRelay(proc.stdout.fileno(), sinks, on_warning=lambda m: notify("warning", m))
     relay.start()
 
     def watch_ready() -> None:
-        if wait_ready(plan.health_url, lambda: proc.poll() is None, stop):
+        if wait_ready(plan.health_url, lambda: proc.poll() is None, stopper.event):
             notify("ready", f"{plan.profile_id} is ready at {plan.base_url}")
 
     watcher = threading.Thread(target=watch_ready, name="infersup-ready", daemon=True)
     watcher.start()
     try:
-        while proc.poll() is None and not requested:
+        while proc.poll() is None and stopper.signum is None:
             time.sleep(0.05)
-        if requested:  # the signal is forwarded; give the server its grace period
+        if stopper.signum is not None:  # forwarded; give the server its grace period
             deadline = time.monotonic() + plan.stop_grace_s
             while proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.02)
     finally:
-        stop.set()
+        stopper.event.set()
         # After a forwarded signal the grace is spent: a server still there is
         # killed now. stop_tree alone decides and reports whether KILL was sent.
         result = stop_tree(
             proc,
             grace_s=plan.stop_grace_s,
-            first_signal=None if requested else signal.SIGTERM,
-            known=known_tree,
+            first_signal=None if stopper.signum is not None else signal.SIGTERM,
+            known=stopper.tree,
         )
-        _restore(previous)
         # grandchildren holding the pipe are gone now; the relay drains to EOF
         relay.join(timeout=5.0)
         watcher.join(timeout=1.0)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        if terminal_sink is not None:
+            terminal_sink.close(timeout=5.0)
+        proc.stdout.close()
         if log_stream is not None:
             log_stream.close()
 
+    killed = result.escalated or stopper.forced
     if result.escalated:
         notify("warning", f"server did not stop within {plan.stop_grace_s:g}s; sent SIGKILL")
     rc = result.returncode
-    stop_signal = requested[0] if requested else None
     tail = tuple(relay.tail.text(TAIL_ON_FAILURE))
-    if stop_signal is not None:
-        code = 128 + stop_signal
+    stopped_as_asked = stopper.signum is not None and (
+        killed or rc == 0 or (stopper.sent is not None and rc == -stopper.sent)
+    )
+    if stopped_as_asked:
+        assert stopper.signum is not None
+        code = 128 + stopper.signum
         notify("info", f"stopped {plan.profile_id}: server {describe_returncode(rc)}")
     else:
         code = exit_status(rc)
         level = "info" if rc == 0 else "error"
-        notify(level, f"{plan.profile_id}: server ended with {describe_returncode(rc)}")
+        during = " while stopping" if stopper.signum is not None else ""
+        notify(level, f"{plan.profile_id}: server ended{during} with {describe_returncode(rc)}")
     if result.swept:
         notify("warning", f"stopped {result.swept} leftover process(es) of the server's tree")
-    outcome = RunResult(code, rc, stop_signal, result.escalated, tail, log_path)
+    if terminal_sink is not None and terminal_sink.dropped_total:
+        notify(
+            "warning",
+            f"{terminal_sink.dropped_total} bytes of server output were too fast for the "
+            f"terminal and only went to {log_path}",
+        )
+    failed = not stopped_as_asked and rc != 0
+    outcome = RunResult(code, rc, stopper.signum, killed, failed, tail, log_path)
     _write_last_exit(state, plan, outcome, notify)
     return outcome
 
@@ -200,7 +276,7 @@ def _open_log(state: Path, profile_id: str, notify: Notify) -> tuple[Path | None
     path = state / "logs" / f"{profile_id}.log"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        stream = path.open("ab")
+        stream = path.open("ab", buffering=0)
     except OSError as exc:
         notify("warning", f"cannot write the server log to {path}: {exc.strerror or exc}")
         return None, None
@@ -216,7 +292,8 @@ def _write_last_exit(state: Path, plan: LaunchPlan, result: RunResult, notify: N
         "returncode": result.returncode,
         "status": describe_returncode(result.returncode),
         "stopped_by_signal": result.stop_signal,
-        "killed_after_grace": result.escalated,
+        "sigkill_sent": result.killed,
+        "failed": result.failed,
         "log": str(result.log_path) if result.log_path else None,
         "last_lines": list(result.tail),
         "argv": list(plan.argv),
