@@ -5,8 +5,9 @@ A child floods stdout as fast as it can. Baseline: its stdout redirected
 straight into a file (what a shell `> file` does). infersup: the same child
 spawned by ``supervise.process.spawn`` and relayed by ``OutputRelay`` into a
 log file plus a queued sink standing in for the terminal (/dev/null), with
-the tail buffer maintained: the same sinks `infersup run` uses. Reported as a ratio: relay throughput / redirect
-throughput (1.0 = as fast as the redirect). reliability.md asks >= 0.8;
+the tail buffer maintained: the same sinks `infersup run` uses. Reported as
+a ratio: relay throughput / redirect throughput (1.0 = as fast as the
+redirect). reliability.md asks >= 0.8;
 supervisord measured 0.32 on tmpfs.
 
 usage: python bench/relay_throughput.py [--mib 512] [--runs 5] [--dir /dev/shm] [--json]

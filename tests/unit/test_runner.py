@@ -198,7 +198,7 @@ def test_a_stalled_terminal_does_not_stall_the_server(tmp_path: Path) -> None:
 
 def test_readiness_probe_ignores_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             self.send_response(200)
             self.end_headers()
 

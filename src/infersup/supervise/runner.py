@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 import psutil
 
 from infersup.compile import LaunchPlan
+from infersup.errors import InfersupError
 from infersup.supervise.process import (
     descendants,
     describe_returncode,
@@ -35,7 +36,6 @@ from infersup.supervise.process import (
     spawn,
     stop_tree,
 )
-from infersup.errors import InfersupError
 from infersup.supervise.relay import OutputRelay, QueuedSink, Sink
 
 ENV_STATE_DIR = "INFERSUP_STATE_DIR"
