@@ -87,10 +87,25 @@ def test_list_json_reports_presence_and_real_size_of_all_shards(
 
 
 def test_list_table_shows_every_shipped_profile(runner: CliRunner) -> None:
-    result = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["list", "--models-dir", "/nonexistent"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    for profile_id in GOLDEN:
-        assert profile_id in result.stdout
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert sorted(rows) == sorted(GOLDEN)
+    assert rows["glm-5.1-fp8"][1:5] == ["sglang", "zai-org/GLM-5.1-FP8", "hub", "id"]
+    assert rows["smollm2-135m"][1:4] == [
+        "llama.cpp",
+        "/nonexistent/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "missing",
+    ]
+
+
+def test_list_table_shows_real_size(runner: CliRunner, tmp_path: Path, write: Write) -> None:
+    write("p/a.yaml", "backend: llama.cpp\nmodel: a.gguf\n")
+    write("models/a.gguf", "x" * 3 * 1024 * 1024)
+    result = runner.invoke(
+        app, ["list", "-p", str(tmp_path / "p"), "--models-dir", str(tmp_path / "models")]
+    )
+    assert "3.0 MiB" in result.stdout
 
 
 def test_list_marks_invalid_profiles_and_exits_1(

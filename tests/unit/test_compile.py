@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,9 +162,32 @@ def test_sglang_errors(write: Write, server: str, expected: str) -> None:
     assert expected in message
 
 
-def test_compile_is_pure_same_input_same_plan(write: Write) -> None:
-    text = "backend: llama.cpp\nmodel: m\nserver: {fit_target: [1, 2], jinja: true}\n"
-    assert plan_for(write, text) == plan_for(write, text)
+def test_compile_is_pure(write: Write, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No environment, working directory, file or process goes into a plan."""
+    import builtins
+    import subprocess
+
+    text = (
+        "backend: llama.cpp\nmodel: m.gguf\nenv: {A: b}\n"
+        "server: {fit_target: [1, 2], jinja: true, ctx_size: 4096}\n"
+    )
+    profile = load_yaml_profile(write("p.yaml", text))
+    table = llama_table()
+    expected = compile_profile(profile, table=table, program=("llama-server",), model="m.gguf")
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compile did I/O")
+
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LLAMA_ARG_CTX_SIZE", "1")
+    monkeypatch.setattr(builtins, "open", forbidden)
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
+    monkeypatch.setattr(os, "stat", forbidden)
+    again = compile_profile(profile, table=table, program=("llama-server",), model="m.gguf")
+    assert again == expected
+    assert dict(again.env) == {"A": "b"}  # only the profile's own, not os.environ
 
 
 @pytest.mark.parametrize(
