@@ -27,7 +27,12 @@ class Sink:
         self.broken: str | None = None
 
     def write(self, data: bytes | memoryview) -> None:
-        self.stream.write(data)
+        view = memoryview(data)
+        while view:  # an unbuffered (raw) stream may take less than all of it
+            written = self.stream.write(view)
+            if written is None:  # a non-blocking stream that is full: never drop silently
+                raise BlockingIOError(f"{self.name} would block")
+            view = view[written:]
         if self.flush:
             self.stream.flush()
 

@@ -197,7 +197,14 @@ def _run(
     if log_stream is not None:  # unbuffered: `tail -f` sees output at once
         sinks.append(Sink(str(log_path), log_stream, flush=False))
 
-    proc = spawn(plan.argv, env)
+    try:
+        proc = spawn(plan.argv, env)
+    except BaseException:
+        if terminal_sink is not None:
+            terminal_sink.close(timeout=1.0)
+        if log_stream is not None:
+            log_stream.close()
+        raise
     stopper.attach(proc)
     notify("info", f"started {plan.profile_id} (pid {proc.pid}), waiting for {plan.health_url}")
     assert proc.stdout is not None
@@ -256,10 +263,11 @@ def _run(
     if result.swept:
         notify("warning", f"stopped {result.swept} leftover process(es) of the server's tree")
     if terminal_sink is not None and terminal_sink.dropped_total:
+        where = f"only went to {log_path}" if log_path else "were dropped (no log file)"
         notify(
             "warning",
             f"{terminal_sink.dropped_total} bytes of server output were too fast for the "
-            f"terminal and only went to {log_path}",
+            f"terminal and {where}",
         )
     failed = not stopped_as_asked and rc != 0
     outcome = RunResult(code, rc, stopper.signum, killed, failed, tail, log_path)
