@@ -246,10 +246,12 @@ def show(
 
 def format_command(argv: tuple[str, ...], env: Mapping[str, str], program_len: int) -> str:
     """A copy-pasteable shell command: env, program, then one flag and its values per line."""
+    from infersup.backends.flags import is_number
+
     assignments = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
     groups: list[list[str]] = [list(argv[:program_len])]
     for word in argv[program_len:]:
-        if word.startswith("-") and len(word) > 1 and not _is_number(word):
+        if word.startswith("-") and len(word) > 1 and not is_number(word):
             groups.append([word])
         else:
             groups[-1].append(word)
@@ -271,14 +273,6 @@ def inherited_server_env(
     return sorted(
         (k, v) for k, v in environ.items() if k.startswith(prefixes) and k not in declared
     )
-
-
-def _is_number(word: str) -> bool:
-    try:
-        float(word)
-    except ValueError:
-        return False
-    return True
 
 
 @app.command()

@@ -50,16 +50,27 @@ def plan_for(tmp_path: Path, body: str, grace: float = 5.0) -> LaunchPlan:
     )
 
 
-def when_ready(tmp_path: Path, *signals: int) -> threading.Thread:
-    """Send ``signals`` to this process once the child is ready."""
+def wait_for_file(path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.005)
+
+
+def when_ready(tmp_path: Path, *signals: int, between: str | None = None) -> threading.Thread:
+    """Send ``signals`` to this process once the child is ready.
+
+    With ``between``, each next signal waits for that file: the child writes
+    it when the forwarded signal reached it (two signals sent back to back
+    could coalesce into one).
+    """
 
     def send() -> None:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        for sig in signals:
+        wait_for_file(tmp_path / "ready")
+        for i, sig in enumerate(signals):
+            if i and between:
+                wait_for_file(tmp_path / between)
             os.kill(os.getpid(), sig)
-            time.sleep(0.05)  # let the handler run before the next one
 
     thread = threading.Thread(target=send, daemon=True)
     thread.start()
@@ -109,13 +120,13 @@ def test_second_signal_kills_at_once_and_is_recorded(tmp_path: Path) -> None:
     plan = plan_for(
         tmp_path,
         """
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, lambda *a: open(READY + '.int', 'w').close())
         ready()
         while True: time.sleep(1)
         """,
         grace=30,
     )
-    when_ready(tmp_path, signal.SIGINT, signal.SIGINT)
+    when_ready(tmp_path, signal.SIGINT, signal.SIGINT, between="ready.int")
     started = time.monotonic()
     result, _ = run(tmp_path, plan)
     assert time.monotonic() - started < 20  # not the 30 s grace

@@ -203,7 +203,7 @@ def _llama_entry(head: str, desc_lines: list[str]) -> FlagSpec:
     m_choice = re.fullmatch(r"[\[{<]([\w.-]+(?:[|,][\w.-]+)+)[\]}>]", hint)
     if m_choice and ".." not in hint:
         choices = tuple(re.split(r"[|,]", m_choice.group(1)))
-        if all(_is_number(c) for c in choices):
+        if all(is_number(c) for c in choices):
             # ``--cpu-strict <0|1>``: the server parses a number and accepts others
             choices, value_type = None, "number"
     elif re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*(?:,[a-z0-9]+(?:-[a-z0-9]+)*)+", hint):
@@ -246,7 +246,7 @@ def _llama_entry(head: str, desc_lines: list[str]) -> FlagSpec:
     )
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
