@@ -55,7 +55,7 @@ def relay(mib: int, out: Path) -> tuple[float, int]:
         proc = spawn(child_argv(mib), dict(os.environ))
         assert proc.stdout is not None
         terminal = QueuedSink("terminal", term)
-        sinks = [terminal, Sink("log", log, flush=False)]
+        sinks = [terminal, Sink("log", log)]
         worker = OutputRelay(proc.stdout.fileno(), sinks, on_warning=print)
         worker.start()
         proc.wait()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from infersup.compile import LaunchPlan
+    from infersup.models import ModelLocation
     from infersup.profiles.catalog import Catalog
     from infersup.profiles.schema import Profile
     from infersup.servers import ServerProgram
@@ -106,17 +107,17 @@ def _program(profile: Profile, server_bin: str | None, python: str | None) -> Se
     return find_program(profile.backend, server_bin=server_bin, python=python)
 
 
-def _plan(
-    profile: Profile,
-    program: ServerProgram,
-    models_dir: str | None,
-) -> LaunchPlan:
-    from infersup.compile import compile_profile
+def _locate(profile: Profile, models_dir: str | None) -> ModelLocation:
     from infersup.models import locate_model
     from infersup.models import models_dir as resolve_models_dir
+
+    return locate_model(profile, resolve_models_dir(models_dir))
+
+
+def _plan(profile: Profile, program: ServerProgram, location: ModelLocation) -> LaunchPlan:
+    from infersup.compile import compile_profile
     from infersup.servers import flag_table
 
-    location = locate_model(profile, resolve_models_dir(models_dir))
     return compile_profile(
         profile, table=flag_table(program), program=program.prefix, model=location.arg
     )
@@ -225,7 +226,7 @@ def show(
     try:
         profile = _catalog(profiles).load(profile_id)
         program = _program(profile, server_bin, python)
-        plan = _plan(profile, program, models_dir)
+        plan = _plan(profile, program, _locate(profile, models_dir))
     except InfersupError as exc:
         _fail(exc)
     if as_json:
@@ -284,8 +285,7 @@ def run(
     python: PythonOpt = None,
 ) -> None:
     """Start a profile's server in the foreground; Ctrl-C stops its whole process tree."""
-    from infersup.models import locate_model, require_model
-    from infersup.models import models_dir as resolve_models_dir
+    from infersup.models import require_model
     from infersup.supervise.preflight import check_port_free
     from infersup.supervise.runner import run_foreground, state_dir
 
@@ -293,8 +293,9 @@ def run(
     try:
         profile = _catalog(profiles).load(profile_id)
         program = _program(profile, server_bin, python).require()
-        require_model(profile, locate_model(profile, resolve_models_dir(models_dir)))
-        plan = _plan(profile, program, models_dir)
+        location = _locate(profile, models_dir)
+        require_model(profile, location)
+        plan = _plan(profile, program, location)
         check_port_free(plan.host, plan.port)
     except InfersupError as exc:
         _fail(exc)

@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,17 +171,19 @@ def cache_dir(env: Mapping[str, str] | None = None) -> Path:
 
 def flag_table(program: ServerProgram, *, env: Mapping[str, str] | None = None) -> FlagTable:
     """The flag table of the server that would run, else the bundled one."""
+    build: Callable[[str], FlagTable | None]
     if program.backend == LLAMA_CPP:
-        if program.found:
-            table = _cached(program.executable, "llama", _llama_table_from_binary, env)
-            if table is not None:
-                return table
-        return flagdata.bundled_llama_table()
-    table = _cached(program.executable, "sglang", _sglang_table_from_python, env)
-    return table if table is not None else flagdata.bundled_sglang_table()
+        kind, build, bundled = "llama", _llama_table_from_binary, flagdata.bundled_llama_table
+        extra = ""
+    else:
+        kind, build, bundled = "sglang", _sglang_table_from_python, flagdata.bundled_sglang_table
+        # found means sglang is importable there; a reinstall changes where it is
+        extra = _sglang_origin_stamp(program.executable) if program.found else ""
+    table = _cached(program.executable, kind, build, env, extra) if program.found else None
+    return table if table is not None else bundled()
 
 
-def _cache_key(kind: str, executable: str, extra: str = "") -> str | None:
+def _cache_key(kind: str, executable: str, extra: str) -> str | None:
     try:
         st = os.stat(executable)
     except OSError:
@@ -193,12 +195,10 @@ def _cache_key(kind: str, executable: str, extra: str = "") -> str | None:
 def _cached(
     executable: str,
     kind: str,
-    build: object,
+    build: Callable[[str], FlagTable | None],
     env: Mapping[str, str] | None,
+    extra: str,
 ) -> FlagTable | None:
-    extra = _sglang_origin_stamp(executable) if kind == "sglang" else ""
-    if kind == "sglang" and not extra:
-        return None  # sglang is not importable there: use the bundled table
     key = _cache_key(kind, executable, extra)
     if key is None:
         return None
@@ -207,9 +207,8 @@ def _cached(
         return FlagTable.from_json(json.loads(path.read_text("utf-8")))
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    assert callable(build)
     table = build(executable)
-    if not isinstance(table, FlagTable):
+    if table is None:
         return None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

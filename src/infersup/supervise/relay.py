@@ -20,10 +20,11 @@ MAX_LINE = 64 * 1024  # a tail line longer than this is cut (the sinks keep it w
 
 
 class Sink:
-    def __init__(self, name: str, stream: BinaryIO, *, flush: bool = True) -> None:
+    """Writes straight to ``stream``: give it an unbuffered one (the log file)."""
+
+    def __init__(self, name: str, stream: BinaryIO) -> None:
         self.name = name
         self.stream = stream
-        self.flush = flush
         self.broken: str | None = None
 
     def write(self, data: bytes | memoryview) -> None:
@@ -33,8 +34,6 @@ class Sink:
             if written is None:  # a non-blocking stream that is full: never drop silently
                 raise BlockingIOError(f"{self.name} would block")
             view = view[written:]
-        if self.flush:
-            self.stream.flush()
 
 
 class QueuedSink(Sink):

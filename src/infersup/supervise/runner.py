@@ -121,7 +121,7 @@ class _Stopper:
         self.tree: list[psutil.Process] = []
         self.event = threading.Event()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._forwarded = False
+        self.sent: int | None = None  # the signal forwarded to the server, once
 
     def attach(self, proc: subprocess.Popen[bytes]) -> None:
         self._proc = proc
@@ -141,20 +141,12 @@ class _Stopper:
             signal_group(proc.pid, signal.SIGKILL)
 
     def _forward(self) -> None:
-        if self._proc is None or self._forwarded or self.signum is None:
+        if self._proc is None or self.sent is not None or self.signum is None:
             return
-        self._forwarded = True
-        self.tree.extend(descendants(self._proc.pid))
         # llama-server and SGLang treat INT and TERM alike; HUP becomes TERM
-        sig = signal.SIGINT if self.signum == signal.SIGINT else signal.SIGTERM
-        signal_group(self._proc.pid, sig)
-
-    @property
-    def sent(self) -> int | None:
-        """The signal forwarded to the server, if any."""
-        if not self._forwarded:
-            return None
-        return signal.SIGINT if self.signum == signal.SIGINT else signal.SIGTERM
+        self.sent = signal.SIGINT if self.signum == signal.SIGINT else signal.SIGTERM
+        self.tree.extend(descendants(self._proc.pid))
+        signal_group(self._proc.pid, self.sent)
 
 
 def run_foreground(
@@ -195,7 +187,7 @@ def _run(
         )
     sinks: list[Sink] = [terminal_sink] if terminal_sink is not None else []
     if log_stream is not None:  # unbuffered: `tail -f` sees output at once
-        sinks.append(Sink(str(log_path), log_stream, flush=False))
+        sinks.append(Sink(str(log_path), log_stream))
 
     try:
         proc = spawn(plan.argv, env)
