@@ -30,7 +30,7 @@ from infersup.backends import backend_info
 from infersup.backends.base import BackendInfo
 from infersup.backends.flags import FlagSpec, FlagTable, flag_to_key, key_to_flag
 from infersup.errors import ConfigError, suggestion
-from infersup.profiles.schema import Pair, Profile, Setting, Value
+from infersup.profiles.schema import Pair, Profile, Setting, SuperviseSettings, Value
 
 _BOOL_WORDS = (("on", "off"), ("true", "false"), ("1", "0"), ("enabled", "disabled"))
 
@@ -50,6 +50,9 @@ class LaunchPlan:
     program_len: int = 1
     flags_source: str = ""
     notes: tuple[str, ...] = ()  # things the user should know, e.g. deprecated flags
+    supervise: SuperviseSettings = SuperviseSettings()
+    ready_line: str | None = None  # a log line that must precede READY (SGLang)
+    metrics_path: str | None = None  # set when the server's metrics endpoint is on
 
     @property
     def base_url(self) -> str:
@@ -119,7 +122,25 @@ def compile_profile(
         program_len=len(program),
         flags_source=table.source,
         notes=tuple(notes),
+        supervise=profile.supervise,
+        ready_line=backend.ready_line,
+        metrics_path=_metrics_path(argv, backend, table),
     )
+
+
+def _metrics_path(argv: list[str], backend: BackendInfo, table: FlagTable) -> str | None:
+    """Where token counters can be read, if the argv turns the endpoint on."""
+    if backend.metrics_flag is None:
+        return None
+    spec = table.get(backend.metrics_flag)
+    names = set(spec.names) if spec is not None else {backend.metrics_flag}
+    if spec is not None:
+        names.update(spec.negations)
+    on = False
+    for word in argv:
+        if word in names:
+            on = spec is None or word not in spec.negations
+    return backend.metrics_path if on else None
 
 
 def _lookup(setting: Setting, table: FlagTable, backend: BackendInfo) -> FlagSpec:

@@ -16,6 +16,14 @@ class BackendInfo:
     default_port: int
     model_flag: str
     health_path: str
+    # A log line that must have appeared before a 200 from health_path means
+    # ready (SGLang answers /health 200 only after it, but checking both is cheap
+    # insurance against a probe racing the warmup).
+    ready_line: str | None = None
+    # The switch that turns the Prometheus endpoint on, and where it answers:
+    # the supervisor reads token counters from it to tell busy from hung.
+    metrics_flag: str | None = None
+    metrics_path: str = "/metrics"
     # Hints for profile keys that the server no longer has under that name:
     # (old key prefix or infix, new one, since which version).
     renames: tuple[tuple[str, str, str], ...] = ()

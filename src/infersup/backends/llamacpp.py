@@ -11,6 +11,8 @@ LLAMA_CPP = BackendInfo(
     model_flag="--model",
     # The port is bound before loading; /health is 503 "Loading model" until ready.
     health_path="/health",
+    # --metrics is off by default (/metrics answers 501 without it).
+    metrics_flag="--metrics",
 )
 
 PROGRAM = "llama-server"

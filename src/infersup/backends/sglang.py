@@ -10,6 +10,8 @@ SGLANG = BackendInfo(
     model_flag="--model-path",
     # Only /health after "ready to roll" means ready; /model_info answers earlier.
     health_path="/health",
+    ready_line="The server is fired up and ready to roll!",
+    metrics_flag="--enable-metrics",
     # argparse exits 2 on the old names since 0.5.20.
     renames=(("_nsa_", "_dsa_", "SGLang 0.5.20"),),
 )

@@ -45,9 +45,53 @@ class Setting:
     where: str
 
 
+RESTART_POLICIES: Final = ("on-failure", "always", "never")
+
+
 @dataclass(frozen=True)
 class SuperviseSettings:
-    stop_grace_s: float = DEFAULT_STOP_GRACE_S
+    """How the supervisor watches, restarts and stops the server (``supervise:``).
+
+    Defaults trace to the field notes and reliability.md: a weight load of
+    several minutes with progress must not trip the startup deadline (it
+    counts from the last output line or the port opening, not from spawn);
+    SGLang's ``/health`` runs a 1-token generation with a 20 s internal
+    timeout, so one slow probe is not a hang; supervisord's linear backoff and
+    "only early crashes count" let a server that dies after start restart at
+    ~1 Hz forever, hence exponential backoff for every crash, a reset only
+    after a stable run, and a start limit.
+    """
+
+    restart: str = "on-failure"  # always | on-failure | never
+    startup_timeout_s: float = 600.0  # a stall (no output, no port change) this long = failed start
+    health_interval_s: float = 5.0  # liveness probe period once READY
+    health_timeout_s: float = 5.0  # one probe's timeout
+    unhealthy_after: int = 3  # consecutive failed probes without progress -> UNHEALTHY
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    stable_after_s: float = 60.0  # READY this long resets the backoff
+    max_restarts: int = 5  # start limit: this many restarts ...
+    restart_window_s: float = 300.0  # ... within this window -> FATAL
+    stop_grace_s: float = DEFAULT_STOP_GRACE_S  # TERM -> KILL
+    log_max_bytes: int = 64 << 20  # rotate the server log at this size
+    log_backups: int = 3  # rotated files kept
+
+
+# key -> (type, smallest allowed value, value must be > rather than >= it)
+SUPERVISE_FIELDS: Final[dict[str, tuple[type, float, bool]]] = {
+    "startup_timeout_s": (float, 0, True),
+    "health_interval_s": (float, 0, True),
+    "health_timeout_s": (float, 0, True),
+    "unhealthy_after": (int, 1, False),
+    "backoff_initial_s": (float, 0, False),
+    "backoff_max_s": (float, 0, False),
+    "stable_after_s": (float, 0, False),
+    "max_restarts": (int, 0, False),
+    "restart_window_s": (float, 0, True),
+    "stop_grace_s": (float, 0, True),
+    "log_max_bytes": (int, 4096, False),
+    "log_backups": (int, 0, False),
+}
 
 
 @dataclass(frozen=True)

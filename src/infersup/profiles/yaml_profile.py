@@ -20,7 +20,8 @@ from infersup.errors import ConfigError, suggestion
 from infersup.profiles.schema import (
     BACKENDS,
     DEFAULT_HOST,
-    DEFAULT_STOP_GRACE_S,
+    RESTART_POLICIES,
+    SUPERVISE_FIELDS,
     Pair,
     Profile,
     Setting,
@@ -40,7 +41,7 @@ TOP_LEVEL_KEYS = (
     "env",
     "supervise",
 )
-SUPERVISE_KEYS = ("stop_grace_s",)
+SUPERVISE_KEYS = ("restart", *SUPERVISE_FIELDS)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -256,12 +257,44 @@ def _supervise(raw: object, where: str) -> SuperviseSettings:
         return SuperviseSettings()
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {_type_name(raw)}")
-    for key in raw:
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
         if key not in SUPERVISE_KEYS:
             raise ConfigError(f"{where}.{key}: unknown key{suggestion(str(key), SUPERVISE_KEYS)}")
-    grace = raw.get("stop_grace_s", DEFAULT_STOP_GRACE_S)
-    if isinstance(grace, bool) or not isinstance(grace, int | float) or grace <= 0:
+        if key == "restart":
+            if value not in RESTART_POLICIES:
+                raise ConfigError(
+                    f"{where}.restart: expected one of {', '.join(RESTART_POLICIES)}, got {value!r}",
+                    hint="quote it if YAML read it as something else",
+                )
+            values[key] = value
+            continue
+        kind, low, strict = SUPERVISE_FIELDS[key]
+        values[key] = _bounded_number(value, kind, low, strict, f"{where}.{key}")
+    settings = SuperviseSettings(**values)
+    if settings.backoff_max_s < settings.backoff_initial_s:
         raise ConfigError(
-            f"{where}.stop_grace_s: expected a positive number of seconds, got {grace!r}"
+            f"{where}.backoff_max_s: {settings.backoff_max_s:g} is below backoff_initial_s "
+            f"({settings.backoff_initial_s:g})",
+            hint="the cap must be at least the first delay",
         )
-    return SuperviseSettings(stop_grace_s=float(grace))
+    return settings
+
+
+def _bounded_number(value: object, kind: type, low: float, strict: bool, where: str) -> float | int:
+    unit = "seconds" if kind is float else "a whole number"
+    bound = f"> {low:g}" if strict else f">= {low:g}"
+    ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
+    if (
+        isinstance(value, bool)
+        or not ok_type
+        or not math.isfinite(float(value))  # type: ignore[arg-type]
+        or (float(value) <= low if strict else float(value) < low)  # type: ignore[arg-type]
+    ):
+        what = (
+            "a positive number of seconds"
+            if (kind is float and strict and low == 0)
+            else (f"{unit} {bound}")
+        )
+        raise ConfigError(f"{where}: expected {what}, got {value!r}")
+    return kind(value)  # type: ignore[no-any-return]

@@ -1,0 +1,109 @@
+"""Health and progress probes against the server's own HTTP port.
+
+A probe is one HTTP/1.1 GET over a plain socket: no proxy (an ``http_proxy``
+in the environment must not route a loopback probe elsewhere, which urllib
+would do), no connection reuse, and a fraction of urllib's CPU cost, which
+matters for the idle budget (a probe every few seconds for days).
+
+``token_counter`` reads the Prometheus text the servers expose and sums the
+counters that only grow while the server does work; the supervisor compares
+two readings to tell "busy" from "hung".
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Final
+
+import psutil
+
+MAX_BODY = 4 << 20  # a /metrics page is a few KiB; never buffer more than this
+
+# Counters that advance whenever tokens are processed (llama-server --metrics,
+# SGLang --enable-metrics; names from their metrics code).
+PROGRESS_COUNTERS: Final = (
+    "llamacpp:prompt_tokens_total",
+    "llamacpp:tokens_predicted_total",
+    "sglang:prompt_tokens_total",
+    "sglang:generation_tokens_total",
+)
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    connected: bool
+    status: int | None
+    body: bytes
+    detail: str  # "200", "503", "connection refused", "timed out after 2s", ...
+
+
+def http_get(host: str, port: int, path: str, *, timeout_s: float) -> HttpAnswer:
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except TimeoutError:
+        return HttpAnswer(False, None, b"", f"connect timed out after {timeout_s:g}s")
+    except OSError as exc:
+        return HttpAnswer(False, None, b"", _os_detail(exc))
+    with sock:
+        try:
+            request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+            sock.sendall(request.encode("ascii"))
+            raw = _read_response(sock)
+        except TimeoutError:
+            return HttpAnswer(True, None, b"", f"no answer within {timeout_s:g}s")
+        except OSError as exc:
+            return HttpAnswer(True, None, b"", _os_detail(exc))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        return HttpAnswer(True, None, b"", "not an HTTP answer")
+    status = int(status_line[1])
+    return HttpAnswer(True, status, body, str(status))
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_BODY:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _os_detail(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return exc.strerror or str(exc)
+
+
+def token_counter(metrics_text: bytes) -> float | None:
+    """Sum of the progress counters on a /metrics page (None when it has none)."""
+    total = 0.0
+    found = False
+    for line in metrics_text.splitlines():
+        if not line or line[0] == 35:  # '#'
+            continue
+        name_end = min((i for i in (line.find(b"{"), line.find(b" ")) if i >= 0), default=-1)
+        if name_end < 0:
+            continue
+        name = line[:name_end].decode("ascii", "replace")
+        if name not in PROGRESS_COUNTERS:
+            continue
+        try:
+            total += float(line.rsplit(b" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        found = True
+    return total if found else None
+
+
+def process_stopped(pid: int) -> bool:
+    """True when the process is stopped (SIGSTOP, a debugger): it cannot answer."""
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
