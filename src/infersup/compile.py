@@ -23,7 +23,7 @@ Rules (see the README's profile format):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from infersup.backends import backend_info
@@ -50,7 +50,7 @@ class LaunchPlan:
     program_len: int = 1
     flags_source: str = ""
     notes: tuple[str, ...] = ()  # things the user should know, e.g. deprecated flags
-    supervise: SuperviseSettings = SuperviseSettings()
+    supervise: SuperviseSettings = field(default_factory=SuperviseSettings)
     ready_line: str | None = None  # a log line that must precede READY (SGLang)
     metrics_path: str | None = None  # set when the server's metrics endpoint is on
 

@@ -264,7 +264,8 @@ def _supervise(raw: object, where: str) -> SuperviseSettings:
         if key == "restart":
             if value not in RESTART_POLICIES:
                 raise ConfigError(
-                    f"{where}.restart: expected one of {', '.join(RESTART_POLICIES)}, got {value!r}",
+                    f"{where}.restart: expected one of {', '.join(RESTART_POLICIES)}, "
+                    f"got {value!r}",
                     hint="quote it if YAML read it as something else",
                 )
             values[key] = value
