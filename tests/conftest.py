@@ -51,3 +51,4 @@ def _isolated_env(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("INFERSUP_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("INFERSUP_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.setenv("INFERSUP_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))

@@ -183,12 +183,16 @@ def flag_table(program: ServerProgram, *, env: Mapping[str, str] | None = None) 
     return table if table is not None else bundled()
 
 
+# Bump when a cached table would be read differently (2: b11434's version banner).
+CACHE_FORMAT = 2
+
+
 def _cache_key(kind: str, executable: str, extra: str) -> str | None:
     try:
         st = os.stat(executable)
     except OSError:
         return None
-    raw = f"{kind}\0{os.path.realpath(executable)}\0{st.st_size}\0{st.st_mtime_ns}\0{extra}"
+    raw = f"{CACHE_FORMAT}\0{kind}\0{os.path.realpath(executable)}\0{st.st_size}\0{st.st_mtime_ns}\0{extra}"
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 

@@ -124,3 +124,17 @@ def test_sglang_not_installed_uses_bundled_table(tmp_path: Path) -> None:
     table = flag_table(find_program("sglang", env={}))
     assert table.source == "bundled sglang-0.5.23-server-args.json"
     assert table.version == "0.5.23"
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        ("version: 0.6.0-dev (build 11434, commit unknown)\nbuilt with GNU 12.2.0\n", "b11434"),
+        ("version: 4567 (abc123de)\nbuilt with cc\n", "b4567"),
+        ("no version here", ""),
+    ],
+)
+def test_llama_version_is_read_from_the_build_number(text: str, version: str) -> None:
+    from infersup.backends.flags import llama_version_from_text
+
+    assert llama_version_from_text(text) == version

@@ -150,7 +150,9 @@ _NAME = re.compile(r"-{1,2}[A-Za-z0-9][\w.-]*")
 _HEAD_SPLIT = re.compile(r"(?<![,\s])\s{2,}")
 _ALLOWED = re.compile(r"allowed values:\s*([\w.]+(?:\s*,\s*[\w.]+)*)")
 _ENV = re.compile(r"\(env:\s*([A-Z0-9_]+)\)")
-_VERSION = re.compile(r"version:\s*(\d+)")
+# b11434 prints "version: 0.6.0-dev (build 11434, commit unknown)"; older
+# builds "version: 4567 (abc123)"
+_VERSION = re.compile(r"\(build (\d+)\b|version:\s*(\d+)\s*\(")
 
 
 def parse_llama_help(text: str, *, source: str, version: str = "") -> FlagTable:
@@ -339,6 +341,6 @@ def bundled_sglang_table() -> FlagTable:
 
 
 def llama_version_from_text(text: str) -> str:
-    """``version: 11434 (abc123)`` -> ``b11434``; empty when absent."""
+    """``version: 4567 (abc123)`` or ``... (build 11434, ...)`` -> ``b...``; empty when absent."""
     m = _VERSION.search(text)
-    return f"b{m.group(1)}" if m else ""
+    return f"b{m.group(1) or m.group(2)}" if m else ""

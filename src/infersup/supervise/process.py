@@ -11,12 +11,14 @@ the parent leaks GPU memory).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -30,17 +32,79 @@ class SpawnError(InfersupError):
     exit_code = 1
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """Start the server in its own session; stdout and stderr merged into one pipe."""
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+TREE_TOKEN = "INFERSUP_TREE"  # env var marking every process of one spawned server's tree
+
+
+def _prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn: Callable[..., int] = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    return fn
+
+
+def become_subreaper(on: bool = True) -> bool:
+    """Adopt our orphaned descendants (Linux): a worker that called setsid and
+    outlived its parent becomes our child, so the sweep after the server's exit
+    can still find and stop it instead of it running on under init.
+    ``on=False`` gives that up again (the supervisor does when it ends, so a
+    process that embeds it does not keep collecting strangers' orphans)."""
+    prctl = _prctl()
+    return prctl is not None and prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+
+
+def _parent_death_hook(sig: int) -> Callable[[], None] | None:
+    """A preexec hook: the server gets ``sig`` if the thread that spawned it dies.
+
+    This covers infersup itself being SIGKILLed (reliability row 20). The
+    function is resolved here, before fork, so the child only makes one
+    foreign call. The runtime pid file covers what this cannot (the server's
+    own children, a killed supervisor on another OS).
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the hook ran
+            os._exit(1)
+
+    return hook
+
+
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    parent_death_signal: int | None = None,
+    tree_token: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start the server in its own session; stdout and stderr merged into one pipe.
+
+    ``tree_token`` is put in the server's environment, which its workers
+    inherit: the sweep recognises them by it even after they left the group.
+    """
+    child_env = dict(env)
+    if tree_token is not None:
+        child_env[TREE_TOKEN] = tree_token
+    hook = _parent_death_hook(parent_death_signal) if parent_death_signal else None
     try:
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=dict(env),
+            env=child_env,
             start_new_session=True,
             close_fds=True,
+            preexec_fn=hook,  # noqa: PLW1509 - one prctl call, resolved before fork
         )
     except OSError as exc:
         raise SpawnError(
@@ -75,6 +139,19 @@ def descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
+
+
+def adopted(tree_token: str) -> list[psutil.Process]:
+    """Our descendants that carry ``tree_token``: a server's workers, also the
+    ones that escaped its group and were reparented to us (``become_subreaper``)."""
+    found = []
+    for p in descendants(os.getpid()):
+        try:
+            if p.environ().get(TREE_TOKEN) == tree_token:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
 
 
 @dataclass(frozen=True)
