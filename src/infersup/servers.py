@@ -192,7 +192,8 @@ def _cache_key(kind: str, executable: str, extra: str) -> str | None:
         st = os.stat(executable)
     except OSError:
         return None
-    raw = f"{CACHE_FORMAT}\0{kind}\0{os.path.realpath(executable)}\0{st.st_size}\0{st.st_mtime_ns}\0{extra}"
+    parts = (CACHE_FORMAT, kind, os.path.realpath(executable), st.st_size, st.st_mtime_ns, extra)
+    raw = "\0".join(map(str, parts))
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 

@@ -104,7 +104,7 @@ def spawn(
             env=child_env,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=hook,  # noqa: PLW1509 - one prctl call, resolved before fork
+            preexec_fn=hook,  # one prctl call, resolved before the fork
         )
     except OSError as exc:
         raise SpawnError(
