@@ -11,7 +11,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from infersup.profiles.catalog import Catalog
     from infersup.profiles.schema import Profile
     from infersup.servers import ServerProgram
+    from infersup.supervise.runtime import Lease, StateRecord
+    from infersup.supervise.supervisor import Supervisor
 
 app = typer.Typer(
     name="infersup",
@@ -283,23 +285,54 @@ def run(
     models_dir: ModelsDirOpt = None,
     server_bin: ServerBinOpt = None,
     python: PythonOpt = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Do not echo server output (the log keeps it).")
+    ] = False,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach",
+            "-d",
+            help="Run in the background; use `infersup status/logs/stop ID` to follow it.",
+        ),
+    ] = False,
 ) -> None:
-    """Start a profile's server in the foreground; Ctrl-C stops its whole process tree."""
+    """Start and supervise a profile's server: readiness, health, restarts, clean stop.
+
+    Ctrl-C (or `infersup stop ID`) stops the server's whole process tree; a
+    second Ctrl-C kills it at once. Exits 130/143 when stopped by a signal,
+    0 when the server ended on its own cleanly, non-zero when it failed for
+    good (FATAL).
+    """
     from infersup.models import require_model
     from infersup.supervise.preflight import check_port_free
-    from infersup.supervise.runner import run_foreground, state_dir
+    from infersup.supervise.runtime import Lease
 
     console = _err_console()
+    notify = _notifier(console)
     try:
         profile = _catalog(profiles).load(profile_id)
         program = _program(profile, server_bin, python).require()
         location = _locate(profile, models_dir)
         require_model(profile, location)
         plan = _plan(profile, program, location)
-        check_port_free(plan.host, plan.port)
+        if detach:
+            _detach(profile_id, profiles, models_dir, server_bin, python, console)
+            return
+        lease = Lease(profile_id, on_warning=lambda m: notify("warning", m))
+        for message in lease.acquire():  # refuses a second run; cleans up after a killed one
+            notify("warning", message)
+        try:
+            check_port_free(plan.host, plan.port)
+        except InfersupError:
+            lease.release()
+            raise
     except InfersupError as exc:
         _fail(exc)
+    _supervise_in_foreground(plan, lease, quiet, notify, console)
 
+
+def _notifier(console: Console) -> Callable[[str, str], None]:
     from rich.markup import escape
 
     styles = {"info": "dim", "ready": "bold green", "warning": "yellow", "error": "bold red"}
@@ -307,14 +340,38 @@ def run(
     def notify(level: str, message: str) -> None:
         console.print(f"[{styles.get(level, 'dim')}]infersup:[/] {escape(message)}")
 
+    return notify
+
+
+def _supervise_in_foreground(
+    plan: LaunchPlan,
+    lease: Lease,
+    quiet: bool,
+    notify: Callable[[str, str], None],
+    console: Console,
+) -> NoReturn:
+    from infersup.supervise.runner import state_dir, supervise
+
     notify("info", "running: " + shlex.join(plan.argv))
     env = {**os.environ, **plan.env}
+    recorder = _Recorder(plan, lease)
     try:
-        result = run_foreground(
-            plan, env=env, terminal=sys.stdout.buffer, notify=notify, state=state_dir()
+        result = supervise(
+            plan,
+            env=env,
+            terminal=None if quiet else sys.stdout.buffer,
+            notify=notify,
+            state=state_dir(),
+            on_change=recorder.update,
+            tree_token=lease.new_tree_token,
         )
     except InfersupError as exc:
+        lease.release()
         _fail(exc)
+    except BaseException:
+        lease.release()
+        raise
+    lease.release(recorder.final())
     if result.failed:
         if result.tail:
             console.print("[bold]last server output:[/]")
@@ -323,6 +380,269 @@ def run(
         if result.log_path:
             notify("info", f"full log: {result.log_path}")
     raise typer.Exit(result.exit_code)
+
+
+class _Recorder:
+    """Turns the supervisor's state into the runtime record `status` and `stop` read."""
+
+    def __init__(self, plan: LaunchPlan, lease: Lease) -> None:
+        import time
+
+        from infersup.supervise.runner import state_dir
+
+        self.plan = plan
+        self.lease = lease
+        self.started_at = time.time()
+        self.log_path = str(state_dir() / "logs" / f"{plan.profile_id}.log")
+        self.record: object = None
+
+    def update(self, sup: Supervisor) -> None:
+        from infersup.supervise.runner import ServerProcess
+        from infersup.supervise.runtime import ProcRef, StateRecord
+
+        child = sup.child
+        server = ProcRef.of(child.pid) if child is not None else None
+        last = sup.history[-1]
+        ready_at = None
+        if sup.ready_at is not None:
+            ready_at = last.wall - (last.at - sup.ready_at)
+        record = StateRecord(
+            profile=self.plan.profile_id,
+            state=sup.state.value,
+            reason=last.reason,
+            supervisor=self.lease.supervisor,
+            server=server,
+            pgid=child.pid if child is not None else None,
+            host=self.plan.host,
+            port=self.plan.port,
+            base_url=self.plan.base_url,
+            since=last.wall,
+            started_at=self.started_at,
+            ready_at=ready_at,
+            restarts=sup.restarts,
+            last_cause=sup.last_cause.summary if sup.last_cause else None,
+            log_path=self.log_path,
+            detached=os.environ.get(ENV_DETACHED) == "1",
+            tree_token=child.token if isinstance(child, ServerProcess) else None,
+        )
+        self.record = record
+        self.lease.write(record)
+
+    def final(self) -> StateRecord | None:
+        from infersup.supervise.runtime import StateRecord
+
+        return self.record if isinstance(self.record, StateRecord) else None
+
+
+ENV_DETACHED = "INFERSUP_DETACHED"
+
+
+def _detach(
+    profile_id: str,
+    profiles: list[str] | None,
+    models_dir: str | None,
+    server_bin: str | None,
+    python: str | None,
+    console: Console,
+) -> None:
+    """Start `infersup run ID --quiet` in its own session; return once it holds the profile."""
+    import subprocess
+    import time
+
+    from infersup.supervise.runner import state_dir
+    from infersup.supervise.runtime import live_supervisor, read_record
+
+    argv = [sys.executable, "-m", "infersup", "run", profile_id, "--quiet"]
+    for path in profiles or ():
+        argv += ["--profiles", path]
+    for flag, value in (("--models-dir", models_dir), ("--server-bin", server_bin)):
+        if value:
+            argv += [flag, value]
+    if python:
+        argv += ["--python", python]
+    out = state_dir() / "logs" / f"{profile_id}.supervisor.log"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sink = out.open("ab")
+    except OSError as exc:
+        raise InfersupError(f"cannot write {out}: {exc.strerror or exc}") from None
+    with sink:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+            start_new_session=True,
+            env={**os.environ, ENV_DETACHED: "1", "COLUMNS": "200"},
+        )
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        record = read_record(profile_id)
+        holder = live_supervisor(profile_id)
+        if (
+            record is not None
+            and holder is not None
+            and holder.pid == proc.pid
+            and record.supervisor.pid == proc.pid
+            and record.server is not None
+        ):
+            console.print(
+                f"infersup: {profile_id} started in the background (supervisor pid {proc.pid}, "
+                f"server pid {record.server.pid}, {record.state})",
+                markup=False,
+                highlight=False,
+            )
+            console.print(
+                f"  follow it: infersup status {profile_id} | infersup logs -f {profile_id} | "
+                f"infersup stop {profile_id}",
+                markup=False,
+                highlight=False,
+            )
+            return
+        if proc.poll() is not None:
+            tail = out.read_text("utf-8", errors="replace").splitlines()[-15:]
+            raise InfersupError(
+                f"{profile_id} failed to start in the background (status {proc.returncode}):\n  "
+                + "\n  ".join(tail),
+                hint=f"full output: {out}",
+            )
+        time.sleep(0.05)
+    raise InfersupError(
+        f"the background supervisor for {profile_id} (pid {proc.pid}) did not report within 30s",
+        hint=f"see {out}; `infersup stop {profile_id}` stops it",
+    )
+
+
+@app.command()
+def status(
+    profile_id: Annotated[
+        str | None, typer.Argument(metavar="[ID]", help="Profile id (default: all).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show supervised servers: state, pids, port, uptime, restarts, last exit cause."""
+    import dataclasses
+
+    from infersup.supervise.runtime import status_rows
+
+    try:
+        rows = status_rows(profile_id)
+    except InfersupError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        if not rows:
+            what = f"'{profile_id}' has" if profile_id else "no profile has"
+            _err_console().print(f"{what} no supervisor record (not run yet)", markup=False)
+        table = Table(box=None, pad_edge=False)
+        for col in ("id", "state", "pid", "server", "url", "uptime", "restarts"):
+            table.add_column(col, no_wrap=True)
+        causes = []
+        for r in rows:
+            state = r.state
+            if r.stale:
+                state += " (supervisor killed)"
+                if r.orphan_server_pid:
+                    state += f", orphan server {r.orphan_server_pid}"
+            table.add_row(
+                escape(r.profile),
+                escape(state),
+                str(r.supervisor_pid or "-"),
+                str(r.server_pid or "-"),
+                escape(r.url),
+                _duration(r.uptime_s),
+                str(r.restarts),
+            )
+            if r.last_cause:
+                causes.append(f"{escape(r.profile)}: last exit: {escape(r.last_cause)}")
+        if rows:
+            console = Console(highlight=False)
+            console.print(table)
+            for line in causes:
+                console.print(line)
+    if profile_id is not None and not rows:
+        raise typer.Exit(1)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+@app.command()
+def stop(
+    profile_id: Annotated[str, typer.Argument(metavar="ID", help="Profile id.")],
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", metavar="S", help="How long to wait for the supervisor to finish."
+        ),
+    ] = 60.0,
+) -> None:
+    """Stop a running supervisor and its server tree (as Ctrl-C in its terminal would)."""
+    from infersup.supervise.runtime import request_stop
+
+    try:
+        outcome = request_stop(profile_id, timeout_s=timeout)
+    except InfersupError as exc:
+        _fail(exc)
+    _err_console().print(f"infersup: {outcome.message}", markup=False, highlight=False)
+    raise typer.Exit(0 if outcome.stopped else 1)
+
+
+@app.command()
+def logs(
+    profile_id: Annotated[str, typer.Argument(metavar="ID", help="Profile id.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output.")] = (
+        False
+    ),
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", metavar="N", help="Lines to show first.", min=0)
+    ] = 50,
+) -> None:
+    """Print a profile's server log (across rotated files); -f follows it like `tail -F`."""
+    from infersup.supervise.logfile import follow as follow_log
+    from infersup.supervise.logfile import log_files, read_tail_at
+    from infersup.supervise.runner import state_dir
+    from infersup.supervise.runtime import is_live, read_record
+
+    path = state_dir() / "logs" / f"{profile_id}.log"
+    if not log_files(path):
+        _fail(
+            InfersupError(
+                f"no log for '{profile_id}' at {path}",
+                hint="has it been run? (`infersup run ID`; state dir: $INFERSUP_STATE_DIR)",
+            )
+        )
+    out = sys.stdout
+    shown, position = read_tail_at(path, lines)
+    for line in shown:
+        out.write(line + "\n")
+    out.flush()
+    if not follow:
+        return
+
+    def done() -> bool:
+        record = read_record(profile_id)
+        return record is not None and record.ended_at is not None and not is_live(record)
+
+    try:
+        for chunk in follow_log(path, stop=done, since=position):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 def _version(value: bool) -> None:

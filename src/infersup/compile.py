@@ -53,6 +53,7 @@ class LaunchPlan:
     supervise: SuperviseSettings = field(default_factory=SuperviseSettings)
     ready_line: str | None = None  # a log line that must precede READY (SGLang)
     metrics_path: str | None = None  # set when the server's metrics endpoint is on
+    progress_lines: tuple[str, ...] | None = None  # None: any output is progress
 
     @property
     def base_url(self) -> str:
@@ -124,6 +125,7 @@ def compile_profile(
         notes=tuple(notes),
         supervise=profile.supervise,
         ready_line=backend.ready_line,
+        progress_lines=backend.progress_lines,
         metrics_path=_metrics_path(argv, backend, table),
     )
 

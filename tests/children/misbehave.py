@@ -692,11 +692,12 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         and "crash-always" not in config.modes
     ):
         config = dataclasses.replace(config, modes=frozenset())
+    # handlers before the pids file exists: a test may signal as soon as it does
+    install_stop_handlers(config.group("stop"), config)
     start_workers(config.group("tree"), config)  # before any thread: fork copies only one
     guard = threading.Timer(config.max_s, exit_now, args=(3, "srv  misbehave: MISBEHAVE_MAX_S"))
     guard.daemon = True
     guard.start()
-    install_stop_handlers(config.group("stop"), config)
 
     log("srv  llama_server: initializing ...")
     log(

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,33 +117,47 @@ class Run:
         return f"http://127.0.0.1:{self.port}{path}"
 
 
-@pytest.fixture
-def start_run(tmp_path: Path, server_bin: str) -> Iterator[object]:
-    runs: list[Run] = []
+TEST_MARK = "INFERSUP_TEST_RUN"  # env var every process a test starts inherits
 
-    def _start(profile_yaml: str, profile_id: str, port: int) -> Run:
+
+@pytest.fixture
+def launch(tmp_path: Path, server_bin: str) -> Iterator[Launch]:
+    """Start `infersup run ID` like a user, with any server binary and environment.
+
+    Every process of the run (infersup, the server, its workers) inherits a
+    per-test marker in its environment: at the end the fixture fails the test
+    if any of them is still alive, and kills them so nothing leaks into the
+    next test.
+    """
+    runs: list[Run] = []
+    mark = f"{os.getpid()}-{time.monotonic_ns()}"
+
+    def _launch(
+        profile_yaml: str,
+        profile_id: str,
+        port: int,
+        *,
+        binary: str | None = None,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> Run:
         profiles = tmp_path / "profiles"
         profiles.mkdir(exist_ok=True)
         (profiles / f"{profile_id}.yaml").write_text(profile_yaml)
-        state = tmp_path / "state"
-        out, err = tmp_path / f"{profile_id}.out", tmp_path / f"{profile_id}.err"
-        env = {**os.environ, "INFERSUP_STATE_DIR": str(state), "COLUMNS": "250"}
-        argv = [sys.executable, "-m", "infersup", "run", profile_id]
-        argv += [
-            "-p",
-            str(profiles),
-            "--server-bin",
-            server_bin,
-            "--models-dir",
-            str(REPO / "models"),
-        ]
+        state = Path(os.environ["INFERSUP_STATE_DIR"])
+        n = len(runs)
+        out, err = tmp_path / f"{profile_id}.{n}.out", tmp_path / f"{profile_id}.{n}.err"
+        full_env = {**os.environ, "COLUMNS": "250", TEST_MARK: mark, **(env or {})}
+        argv = [sys.executable, "-m", "infersup", "run", profile_id, "-p", str(profiles)]
+        argv += ["--server-bin", binary or server_bin, "--models-dir", str(REPO / "models")]
+        argv += list(args)
         with out.open("wb") as o, err.open("wb") as e:
-            proc = subprocess.Popen(argv, stdout=o, stderr=e, env=env, cwd=tmp_path)
+            proc = subprocess.Popen(argv, stdout=o, stderr=e, env=full_env, cwd=tmp_path)
         run = Run(proc, out, err, port, state)
         runs.append(run)
         return run
 
-    yield _start
+    yield _launch
     for run in runs:  # never leave a server behind, even when a test fails
         if run.proc.poll() is None:
             run.proc.send_signal(signal.SIGINT)
@@ -151,17 +165,52 @@ def start_run(tmp_path: Path, server_bin: str) -> Iterator[object]:
                 run.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 run.proc.kill()
-        if run.server_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.server_pid, signal.SIGKILL)
+                run.proc.wait()
+    leftovers = marked_processes(mark)
+    for proc in leftovers:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    assert not leftovers, f"processes left behind: {[p.info for p in leftovers]}"
+
+
+Launch = Callable[..., Run]
+
+
+def marked_processes(mark: str) -> list[psutil.Process]:
+    """Live processes whose environment carries this test's marker."""
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get(TEST_MARK) == mark and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def start_run(launch: Launch) -> Launch:
+    """`infersup run` of a profile with the real llama-server (the common case)."""
+
+    def _start(profile_yaml: str, profile_id: str, port: int) -> Run:
+        return launch(profile_yaml, profile_id, port)
+
+    return _start
 
 
 def group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    """No live process is left in the group (zombies waiting for init to reap them
+    are gone for every purpose: they hold no memory, port or GPU)."""
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return False
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return True
 
 
 def processes_using(path: Path, since: float = 0.0) -> list[psutil.Process]:

@@ -57,8 +57,8 @@ def test_tiny_generated_model_serves_a_completion_and_stops_cleanly(
     log = (run.state / "logs" / "tiny.log").read_bytes()
     assert str(tiny_model).encode() in log
     record = json.loads((run.state / "tiny.last-exit.json").read_text())
-    assert (record["returncode"], record["stopped_by_signal"]) == (0, signal.SIGINT)
-    assert (record["sigkill_sent"], record["failed"]) == (False, False)
+    assert (record["returncode"], record["sigkill_sent"], record["failed"]) == (0, False, False)
+    assert record["cause"] is None  # stopped as asked: nothing to diagnose
 
 
 @pytest.mark.timeout(180)
@@ -104,11 +104,12 @@ def test_server_error_exit_is_reported_with_its_last_lines(
     )
     assert run.proc.wait(timeout=30) == 1  # llama-server's own status
     err = run.err_text()
-    assert "broken: server ended with exit status 1" in err
-    assert "last server output:" in err and "--no-such-flag" in err
+    assert "FATAL: llama-server does not know a command-line flag (exit status 1)" in err
+    assert "server said: error: invalid argument: --no-such-flag" in err
+    assert "last server output:" in err
     record = json.loads((run.state / "broken.last-exit.json").read_text())
-    assert record["returncode"] == 1 and record["stopped_by_signal"] is None
-    assert record["failed"] is True
+    assert record["returncode"] == 1 and record["failed"] is True
+    assert record["cause"]["kind"] == "bad-flag" and record["cause"]["permanent"] is True
     assert any("--no-such-flag" in line for line in record["last_lines"])
 
 

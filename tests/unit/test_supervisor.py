@@ -34,6 +34,7 @@ READY_LINE = "The server is fired up and ready to roll!"
 class FakeChild:
     pid: int
     out: float | None = None
+    progress: float | None = None
     lines: list[str] = field(default_factory=list)
     markers: set[str] = field(default_factory=set)
 
@@ -42,6 +43,9 @@ class FakeChild:
 
     def seen(self, line: str) -> bool:
         return line in self.markers
+
+    def progress_at(self) -> float | None:
+        return self.progress
 
     def tail(self, n: int) -> list[str]:
         return self.lines[-n:]
@@ -113,6 +117,7 @@ def make(
         stop_grace_s=float(settings.get("stop_grace_s", 10.0)),  # type: ignore[arg-type]
         supervise=replace(SuperviseSettings(), **settings),  # type: ignore[arg-type]
         ready_line=READY_LINE if backend == "sglang" else None,
+        progress_lines=("Decode batch",) if backend == "sglang" else None,
         metrics_path="/metrics" if metrics else None,
     )
     seams = FakeSeams()
@@ -301,6 +306,43 @@ def test_busy_is_not_dead_while_token_counters_rise() -> None:
     assert seams.probes[-1][3] is True  # asked for the counters
     failing_probes(sup, seams, 2, progress=150.0)  # counters stopped: hung
     assert sup.state is S.STOPPING
+
+
+def test_sglang_access_lines_are_not_progress_but_batch_lines_are() -> None:
+    sup, seams = make(backend="sglang", health_interval_s=5.0, unhealthy_after=2)
+    sup.start()
+    child = seams.children[0]
+    child.markers.add(READY_LINE)
+    become_ready(sup, seams)
+    for _ in range(4):  # uvicorn logs each probe: output moves, no batch line
+        child.out = seams.t + 1.0
+        child.progress = seams.t + 1.0  # a Decode batch line per interval: busy
+        failing_probes(sup, seams, 1)
+    assert sup.state is S.READY
+    child.out = seams.t + 1.0  # access lines only: a stalled scheduler
+    failing_probes(sup, seams, 1)
+    child.out = seams.t + 1.0
+    failing_probes(sup, seams, 1)
+    assert sup.state is S.STOPPING
+
+
+def test_sglang_output_is_progress_until_its_port_opens() -> None:
+    sup, seams = make(backend="sglang", startup_timeout_s=10.0)
+    sup.start()
+    child = seams.children[0]
+    sup.tick()
+    while seams.t < 1015.0:  # loading logs, port closed
+        child.out = seams.t
+        answer(sup, seams, False, connected=False, detail="connection refused")
+        advance(sup, seams, 1015.0)
+    assert sup.state is S.STARTING
+    advance(sup, seams, 1016.0)
+    while sup.state is S.STARTING:  # port open: access lines only, no progress
+        child.out = seams.t
+        answer(sup, seams, False)
+        advance(sup, seams, 1040.0)
+    assert sup.history[-1].new is S.STOPPING
+    assert 1024.9 < sup.history[-1].at < 1025.1
 
 
 def test_a_stopped_process_counts_as_failing_even_if_output_moved() -> None:

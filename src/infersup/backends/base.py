@@ -24,6 +24,12 @@ class BackendInfo:
     # the supervisor reads token counters from it to tell busy from hung.
     metrics_flag: str | None = None
     metrics_path: str = "/metrics"
+    # Lines that prove work is being done. None: any output does (llama-server
+    # logs nothing per HTTP request, so output is the server's own). A server
+    # that logs every request (SGLang's uvicorn access log) would make its own
+    # health probes look like progress: there only these lines count, once
+    # its port is open.
+    progress_lines: tuple[str, ...] | None = None
     # Hints for profile keys that the server no longer has under that name:
     # (old key prefix or infix, new one, since which version).
     renames: tuple[tuple[str, str, str], ...] = ()

@@ -12,6 +12,8 @@ SGLANG = BackendInfo(
     health_path="/health",
     ready_line="The server is fired up and ready to roll!",
     metrics_flag="--enable-metrics",
+    # the scheduler's periodic batch lines (uvicorn logs every probe too)
+    progress_lines=("Prefill batch", "Decode batch"),
     # argparse exits 2 on the old names since 0.5.20.
     renames=(("_nsa_", "_dsa_", "SGLang 0.5.20"),),
 )

@@ -210,7 +210,16 @@ def sweep(pgid: int, known: Iterable[psutil.Process], *, grace_s: float) -> int:
         with contextlib.suppress(psutil.Error):
             p.kill()
     psutil.wait_procs([p for p in procs if _alive(p)], timeout=1.0)
+    _reap_group(pgid)
     return len(procs)
+
+
+def _reap_group(pgid: int) -> None:
+    """Collect the exit status of group members that became our children (as a
+    subreaper): otherwise they stay zombies until we exit."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-pgid, os.WNOHANG)[0] > 0:
+            pass
 
 
 def _alive(p: psutil.Process) -> bool:

@@ -1,46 +1,75 @@
-"""Run one server in the foreground until it exits or the user stops it.
+"""Drive a ``Supervisor`` with the real world: processes, sockets, signals, files.
 
-``infersup run`` for the foundation: spawn (process.py), relay output
-(relay.py), tell the user when ``/health`` first answers 200, forward
-SIGINT/SIGTERM/SIGHUP to the whole group, SIGKILL after the grace period (or
-on a second Ctrl-C), and leave the exit status and the last output lines in
-the state dir when the server fails. Restart and hang detection build on this
-in the supervisor.
+One thread (the caller's, the main thread) owns the supervisor and runs the
+loop: take the next event from one queue, hand it over, let the supervisor
+enforce its deadlines, sleep until the next one. Everything else only puts
+events on that queue:
+
+- a waiter thread per server blocks in ``waitpid`` and posts ``Exited`` the
+  moment the process ends (crash detection does not wait for the output pipe,
+  which a grandchild may hold open: supervisord's 927 ms case);
+- probe threads post ``Probed``;
+- signal handlers post ``StopRequested`` (``SimpleQueue.put`` is reentrant).
+
+Output goes through ``OutputRelay`` into the rotating log and, unless quiet,
+a terminal sink that never blocks. Each transition is appended to
+``logs/ID.events.jsonl`` and each server end to ``ID.last-exit.json`` in the
+state dir, so a crash leaves its last lines, status and cause behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
+import random
 import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import psutil
 
 from infersup.compile import LaunchPlan
 from infersup.errors import InfersupError
+from infersup.supervise.classify import ExitCause
+from infersup.supervise.logfile import RotatingLog
+from infersup.supervise.probe import http_get, process_stopped, token_counter
 from infersup.supervise.process import (
+    adopted,
+    become_subreaper,
     descendants,
     describe_returncode,
-    exit_status,
     signal_group,
     spawn,
-    stop_tree,
+    sweep,
 )
 from infersup.supervise.relay import OutputRelay, QueuedSink, Sink
+from infersup.supervise.states import State, Transition
+from infersup.supervise.supervisor import (
+    Event,
+    Exited,
+    Probed,
+    ServerEnd,
+    StopRequested,
+    Supervisor,
+)
 
 ENV_STATE_DIR = "INFERSUP_STATE_DIR"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 TAIL_ON_FAILURE = 20
+IDLE_WAKE_S = 5.0  # the loop wakes at least this often even with nothing due
+
+Notify = Callable[[str, str], None]  # (level: info|ready|warning|error, message)
+OnChange = Callable[[Supervisor], None]
 
 
 def state_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -51,52 +80,6 @@ def state_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "infersup"
 
 
-@dataclass(frozen=True)
-class RunResult:
-    exit_code: int
-    returncode: int
-    stop_signal: int | None  # the signal the user stopped infersup with, if any
-    killed: bool  # infersup sent SIGKILL (grace period over, or a second Ctrl-C)
-    failed: bool  # the server failed, rather than stopping as asked or ending cleanly
-    tail: tuple[str, ...]
-    log_path: Path | None
-
-
-Notify = Callable[[str, str], None]  # (level: info|ready|warning|error, message)
-
-
-# The probe talks to our own server: an http_proxy in the environment must not
-# route it elsewhere (urllib honours proxy variables by default).
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def wait_ready(
-    url: str,
-    alive: Callable[[], bool],
-    stop: threading.Event,
-    *,
-    timeout_s: float = 2.0,
-) -> bool:
-    """Poll ``url`` until it answers 200; False if the server exits or we stop first.
-
-    Polls every 20-50 ms for the first 30 s (a tiny model is ready in tens of
-    milliseconds; loopback requests are cheap), then backs off to 500 ms for
-    loads that take minutes.
-    """
-    interval = 0.02
-    fast_until = time.monotonic() + 30.0
-    while alive() and not stop.is_set():
-        try:
-            with _DIRECT.open(url, timeout=timeout_s) as resp:
-                if resp.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
-        stop.wait(interval)
-        interval = min(interval * 1.5, 0.05 if time.monotonic() < fast_until else 0.5)
-    return False
-
-
 class Interrupted(InfersupError):
     """The user stopped infersup before the server was started."""
 
@@ -105,202 +88,357 @@ class Interrupted(InfersupError):
         self.exit_code = 128 + signum
 
 
-class _Stopper:
-    """What the user asked for by signal, and what was done about it.
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int
+    state: State
+    reason: str  # why the last transition happened
+    cause: ExitCause | None  # the last failure's cause
+    restarts: int
+    spawns: int
+    failed: bool  # FATAL, or the server failed while being stopped
+    tail: tuple[str, ...]  # the last server's last lines, when it failed
+    log_path: Path | None
 
-    Driven from signal handlers (which Python runs in the main thread between
-    bytecodes). The first signal is forwarded to the server's group exactly
-    once, also when it arrives while the server is being spawned; a second one
-    SIGKILLs the group; signals after the server has ended are ignored so the
-    exit record is always written.
-    """
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.forced = False
-        self.tree: list[psutil.Process] = []
-        self.event = threading.Event()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.sent: int | None = None  # the signal forwarded to the server, once
+class ServerProcess:
+    """One spawned server: the process, its output relay, its tree token."""
 
-    def attach(self, proc: subprocess.Popen[bytes]) -> None:
-        self._proc = proc
-        if self.signum is not None:
-            self._forward()
+    def __init__(self, proc: subprocess.Popen[bytes], relay: OutputRelay, token: str) -> None:
+        self.proc = proc
+        self.relay = relay
+        self.token = token
+        self.known: dict[int, psutil.Process] = {}
 
-    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is not None:
-            return  # the server has ended; nothing left to stop
-        if self.signum is None:
-            self.signum = signum
-            self.event.set()
-            self._forward()
-        elif proc is not None:
-            self.forced = True
-            signal_group(proc.pid, signal.SIGKILL)
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
-    def _forward(self) -> None:
-        if self._proc is None or self.sent is not None or self.signum is None:
+    def output_at(self) -> float | None:
+        return self.relay.last_output_at
+
+    def seen(self, line: str) -> bool:
+        return self.relay.seen(line.encode())
+
+    def tail(self, n: int) -> list[str]:
+        return self.relay.tail.text(n)
+
+    def progress_at(self) -> float | None:
+        return self.relay.progress_at
+
+    def remember_tree(self) -> None:
+        for p in descendants(self.pid):
+            self.known.setdefault(p.pid, p)
+
+
+class RealSeams:
+    """The supervisor's side effects, for real."""
+
+    def __init__(
+        self,
+        plan: LaunchPlan,
+        env: Mapping[str, str],
+        sinks: list[Sink],
+        events: queue.SimpleQueue[Event],
+        notify: Notify,
+        tree_token: Callable[[], str] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.env = env
+        self.tree_token = tree_token or (lambda: uuid.uuid4().hex)
+        self.sinks = sinks
+        self.events = events
+        self.notify = notify
+        self.random = random.random
+        url = urlsplit(plan.base_url)
+        self.host = url.hostname or "127.0.0.1"
+        self.port = url.port or plan.port
+        self.relays: list[OutputRelay] = []
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def spawn(self) -> ServerProcess:
+        token = self.tree_token()
+        proc = spawn(self.plan.argv, self.env, parent_death_signal=signal.SIGKILL, tree_token=token)
+        assert proc.stdout is not None
+        watch = (self.plan.ready_line.encode(),) if self.plan.ready_line else ()
+        progress = tuple(line.encode() for line in self.plan.progress_lines or ())
+        relay = OutputRelay(
+            proc.stdout.fileno(),
+            self.sinks,
+            on_warning=lambda m: self.notify("warning", m),
+            watch=watch,
+            progress=progress,
+        )
+        relay.start()
+        self.relays.append(relay)
+        child = ServerProcess(proc, relay, token)
+        threading.Thread(
+            target=self._wait, args=(child,), name="infersup-wait", daemon=True
+        ).start()
+        self.notify(
+            "info",
+            f"started {self.plan.profile_id} (pid {proc.pid}), waiting for {self.plan.health_url}",
+        )
+        return child
+
+    def _wait(self, child: ServerProcess) -> None:
+        returncode = child.proc.wait()
+        self.events.put(Exited(child, returncode))
+
+    def probe(self, child: Any, *, timeout_s: float, want_progress: bool) -> None:
+        threading.Thread(
+            target=self._probe,
+            args=(child, timeout_s, want_progress),
+            name="infersup-probe",
+            daemon=True,
+        ).start()
+
+    def _probe(self, child: ServerProcess, timeout_s: float, want_progress: bool) -> None:
+        if process_stopped(child.pid):  # the kernel still accepts connections for it
+            self.events.put(Probed(child, False, True, "process is stopped", stopped=True))
             return
-        # llama-server and SGLang treat INT and TERM alike; HUP becomes TERM
-        self.sent = signal.SIGINT if self.signum == signal.SIGINT else signal.SIGTERM
-        self.tree.extend(descendants(self._proc.pid))
-        signal_group(self._proc.pid, self.sent)
+        answer = http_get(self.host, self.port, self.plan.health_path, timeout_s=timeout_s)
+        ok = answer.status == 200
+        stopped = not ok and process_stopped(child.pid)
+        progress = None
+        if want_progress and not ok and not stopped and self.plan.metrics_path:
+            metrics = http_get(self.host, self.port, self.plan.metrics_path, timeout_s=timeout_s)
+            if metrics.status == 200:
+                progress = token_counter(metrics.body)
+        self.events.put(Probed(child, ok, answer.connected, answer.detail, stopped, progress))
+
+    def signal(self, child: Any, sig: int) -> None:
+        assert isinstance(child, ServerProcess)
+        if sig != signal.SIGCONT:
+            child.remember_tree()
+        signal_group(child.pid, sig)
+
+    def reap(self, child: Any) -> int:
+        assert isinstance(child, ServerProcess)
+        leftovers = {p.pid: p for p in adopted(child.token)}
+        leftovers.update(child.known)
+        swept = sweep(child.pid, leftovers.values(), grace_s=min(self.plan.stop_grace_s, 2.0))
+        # the processes holding the pipe are gone: the relay drains to EOF
+        child.relay.join(timeout=5.0)
+        if child.proc.stdout is not None:
+            child.proc.stdout.close()
+        return swept
 
 
-def run_foreground(
+def supervise(
     plan: LaunchPlan,
     *,
     env: Mapping[str, str],
     terminal: BinaryIO | None,
     notify: Notify,
     state: Path,
+    on_change: OnChange | None = None,
+    tree_token: Callable[[], str] | None = None,
 ) -> RunResult:
-    stopper = _Stopper()
+    """Run ``plan`` under a supervisor until it is STOPPED or FATAL.
+
+    ``tree_token`` makes the value that marks each server's process tree in its
+    environment (the runtime lease's, so a later run can find the workers of
+    a supervisor that was SIGKILLed).
+    """
+    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        name = signal.Signals(signum).name
+        force = len(received) > 1
+        reason = f"received {name}" + (" again: killing the server now" if force else "")
+        events.put(StopRequested(reason, signum, force))
+
     # Handlers first: a Ctrl-C right after spawn must not orphan the server.
-    previous = {sig: signal.signal(sig, stopper.on_signal) for sig in FORWARDED}
+    previous = {sig: signal.signal(sig, on_signal) for sig in FORWARDED}
     try:
-        return _run(plan, env, terminal, notify, state, stopper)
+        return _supervise(
+            plan, env, terminal, notify, state, events, received, on_change, tree_token
+        )
     finally:
-        _restore(previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def _run(
+def _supervise(
     plan: LaunchPlan,
     env: Mapping[str, str],
     terminal: BinaryIO | None,
     notify: Notify,
     state: Path,
-    stopper: _Stopper,
+    events: queue.SimpleQueue[Event],
+    received: list[int],
+    on_change: OnChange | None,
+    tree_token: Callable[[], str] | None,
 ) -> RunResult:
-    log_path, log_stream = _open_log(state, plan.profile_id, notify)
-    if stopper.signum is not None:  # Ctrl-C while we were getting ready: start nothing
-        if log_stream is not None:
-            log_stream.close()
-        raise Interrupted(stopper.signum)
-    # (a signal from here on is forwarded by stopper.attach once the server exists)
+    if received:  # Ctrl-C while we were getting ready: start nothing
+        raise Interrupted(received[0])
+    become_subreaper()
+    s = plan.supervise
+    log_path = state / "logs" / f"{plan.profile_id}.log"
+    log = RotatingLog(
+        log_path,
+        max_bytes=s.log_max_bytes,
+        backups=s.log_backups,
+        on_warning=lambda m: notify("warning", m),
+    )
     terminal_sink = None
     if terminal is not None:
         terminal_sink = QueuedSink(
             "the terminal", terminal, on_error=lambda m: notify("warning", m)
         )
-    sinks: list[Sink] = [terminal_sink] if terminal_sink is not None else []
-    if log_stream is not None:  # unbuffered: `tail -f` sees output at once
-        sinks.append(Sink(str(log_path), log_stream))
+    sinks: list[Sink] = [log]
+    if terminal_sink is not None:
+        sinks.append(terminal_sink)
+    journal = _Journal(state, plan, notify)
+    seams = RealSeams(plan, env, sinks, events, notify, tree_token)
 
+    def transition(t: Transition, sup: Supervisor) -> None:
+        journal.transition(t)
+        _announce(t, sup, notify)
+        if on_change is not None:
+            on_change(sup)
+
+    def server_end(end: ServerEnd) -> None:
+        journal.server_end(end, log_path if not log.broken else None)
+
+    sup = Supervisor(
+        plan,
+        seams,
+        on_transition=transition,
+        on_message=notify,
+        on_server_end=server_end,
+    )
     try:
-        proc = spawn(plan.argv, env)
-    except BaseException:
-        if terminal_sink is not None:
-            terminal_sink.close(timeout=1.0)
-        if log_stream is not None:
-            log_stream.close()
-        raise
-    stopper.attach(proc)
-    notify("info", f"started {plan.profile_id} (pid {proc.pid}), waiting for {plan.health_url}")
-    assert proc.stdout is not None
-    relay = OutputRelay(proc.stdout.fileno(), sinks, on_warning=lambda m: notify("warning", m))
-    relay.start()
-
-    def watch_ready() -> None:
-        if wait_ready(plan.health_url, lambda: proc.poll() is None, stopper.event):
-            notify("ready", f"{plan.profile_id} is ready at {plan.base_url}")
-
-    watcher = threading.Thread(target=watch_ready, name="infersup-ready", daemon=True)
-    watcher.start()
-    try:
-        while proc.poll() is None and stopper.signum is None:
-            time.sleep(0.05)
-        if stopper.signum is not None:  # forwarded; give the server its grace period
-            deadline = time.monotonic() + plan.stop_grace_s
-            while proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
+        sup.start()
+        while not sup.finished:
+            wake = sup.next_wakeup()
+            timeout = IDLE_WAKE_S if wake is None else max(0.0, wake - seams.now())
+            with contextlib.suppress(queue.Empty):
+                sup.handle(events.get(timeout=min(timeout, IDLE_WAKE_S)))
+            sup.tick()
     finally:
-        stopper.event.set()
-        # After a forwarded signal the grace is spent: a server still there is
-        # killed now. stop_tree alone decides and reports whether KILL was sent.
-        result = stop_tree(
-            proc,
-            grace_s=plan.stop_grace_s,
-            first_signal=None if stopper.signum is not None else signal.SIGTERM,
-            known=stopper.tree,
-        )
-        # grandchildren holding the pipe are gone now; the relay drains to EOF
-        relay.join(timeout=5.0)
-        watcher.join(timeout=1.0)
+        child = sup.child
+        if child is not None:  # only on an internal error: never leave the tree behind
+            assert isinstance(child, ServerProcess)
+            signal_group(child.pid, signal.SIGKILL)
+            child.proc.wait()
+            seams.reap(child)
         if terminal_sink is not None:
             terminal_sink.close(timeout=5.0)
-        proc.stdout.close()
-        if log_stream is not None:
-            log_stream.close()
+        log.close()
+        become_subreaper(False)
 
-    killed = result.escalated or stopper.forced
-    if result.escalated:
-        notify("warning", f"server did not stop within {plan.stop_grace_s:g}s; sent SIGKILL")
-    rc = result.returncode
-    tail = tuple(relay.tail.text(TAIL_ON_FAILURE))
-    stopped_as_asked = stopper.signum is not None and (
-        killed or rc == 0 or (stopper.sent is not None and rc == -stopper.sent)
-    )
-    if stopped_as_asked:
-        assert stopper.signum is not None
-        code = 128 + stopper.signum
-        notify("info", f"stopped {plan.profile_id}: server {describe_returncode(rc)}")
-    else:
-        code = exit_status(rc)
-        level = "info" if rc == 0 else "error"
-        during = " while stopping" if stopper.signum is not None else ""
-        notify(level, f"{plan.profile_id}: server ended{during} with {describe_returncode(rc)}")
-    if result.swept:
-        notify("warning", f"stopped {result.swept} leftover process(es) of the server's tree")
+    end = sup.last_end
+    failed = sup.state is State.FATAL or sup.failed_while_stopping
     if terminal_sink is not None and terminal_sink.dropped_total:
-        where = f"only went to {log_path}" if log_path else "were dropped (no log file)"
+        where = f"only went to {log_path}" if not log.broken else "were dropped (no log file)"
         notify(
             "warning",
             f"{terminal_sink.dropped_total} bytes of server output were too fast for the "
             f"terminal and {where}",
         )
-    failed = not stopped_as_asked and rc != 0
-    outcome = RunResult(code, rc, stopper.signum, killed, failed, tail, log_path)
-    _write_last_exit(state, plan, outcome, notify)
-    return outcome
+    return RunResult(
+        exit_code=sup.exit_code(),
+        state=sup.state,
+        reason=sup.history[-1].reason if sup.history else "",
+        cause=sup.last_cause,
+        restarts=sup.restarts,
+        spawns=sup.spawns,
+        failed=failed,
+        tail=end.tail[-TAIL_ON_FAILURE:] if (end is not None and failed) else (),
+        log_path=None if log.broken else log_path,
+    )
 
 
-def _restore(previous: Mapping[signal.Signals, Any]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
+_LEVELS = {
+    State.READY: "ready",
+    State.UNHEALTHY: "error",
+    State.BACKOFF: "warning",
+    State.FATAL: "error",
+}
 
 
-def _open_log(state: Path, profile_id: str, notify: Notify) -> tuple[Path | None, BinaryIO | None]:
-    path = state / "logs" / f"{profile_id}.log"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        stream = path.open("ab", buffering=0)
-    except OSError as exc:
-        notify("warning", f"cannot write the server log to {path}: {exc.strerror or exc}")
-        return None, None
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    stream.write(f"\n===== infersup: {profile_id} starting at {stamp} =====\n".encode())
-    return path, stream
+def _announce(t: Transition, sup: Supervisor, notify: Notify) -> None:
+    plan = sup.plan
+    if t.new is State.READY:
+        notify("ready", f"{plan.profile_id} is ready at {plan.base_url} ({t.reason})")
+        return
+    if t.new is State.STARTING:
+        return  # the spawn message says it, with the pid
+    notify(_LEVELS.get(t.new, "info"), f"{t.new}: {t.reason}")
+    cause = sup.last_cause
+    if t.new in (State.BACKOFF, State.FATAL) and cause is not None:
+        if cause.evidence:
+            notify("info", f"server said: {cause.evidence.strip()}")
+        if cause.hint:
+            notify("info", f"hint: {cause.hint}")
 
 
-def _write_last_exit(state: Path, plan: LaunchPlan, result: RunResult, notify: Notify) -> None:
-    record = {
-        "profile": plan.profile_id,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "returncode": result.returncode,
-        "status": describe_returncode(result.returncode),
-        "stopped_by_signal": result.stop_signal,
-        "sigkill_sent": result.killed,
-        "failed": result.failed,
-        "log": str(result.log_path) if result.log_path else None,
-        "last_lines": list(result.tail),
-        "argv": list(plan.argv),
-    }
-    path = state / f"{plan.profile_id}.last-exit.json"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2) + "\n", "utf-8")
-    except OSError as exc:
-        notify("warning", f"cannot record the exit in {path}: {exc.strerror or exc}")
+class _Journal:
+    """The files a run leaves in the state dir: transitions and server ends."""
+
+    def __init__(self, state: Path, plan: LaunchPlan, notify: Notify) -> None:
+        self.state = state
+        self.plan = plan
+        self.notify = notify
+        self.events_path = state / "logs" / f"{plan.profile_id}.events.jsonl"
+        self.exit_path = state / f"{plan.profile_id}.last-exit.json"
+        self.warned = False
+
+    def transition(self, t: Transition) -> None:
+        record = {"profile": self.plan.profile_id, **t.to_json()}
+        self._append(json.dumps(record) + "\n")
+
+    def server_end(self, end: ServerEnd, log_path: Path | None) -> None:
+        cause = end.cause
+        record = {
+            "profile": self.plan.profile_id,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "pid": end.pid,
+            "returncode": end.returncode,
+            "status": describe_returncode(end.returncode),
+            "sigkill_sent": end.killed,
+            "failed": cause is not None,
+            "cause": None
+            if cause is None
+            else {
+                "kind": cause.kind,
+                "summary": cause.summary,
+                "hint": cause.hint,
+                "permanent": cause.permanent,
+                "evidence": cause.evidence,
+            },
+            "leftovers_stopped": end.swept,
+            "log": str(log_path) if log_path else None,
+            "last_lines": list(end.tail[-TAIL_ON_FAILURE:]),
+            "argv": list(self.plan.argv),
+        }
+        self._append(json.dumps({"profile": self.plan.profile_id, "server_end": record}) + "\n")
+        try:
+            self.exit_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.exit_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=2) + "\n", "utf-8")
+            tmp.replace(self.exit_path)
+        except OSError as exc:
+            self._warn(f"cannot record the exit in {self.exit_path}: {exc.strerror or exc}")
+
+    def _append(self, line: str) -> None:
+        try:
+            self.events_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.events_path.open("a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as exc:
+            self._warn(f"cannot write {self.events_path}: {exc.strerror or exc}")
+
+    def _warn(self, message: str) -> None:
+        if not self.warned:  # one warning, not one per transition
+            self.warned = True
+            self.notify("warning", message)

@@ -61,6 +61,9 @@ class Child(Protocol):
     def seen(self, line: str) -> bool:
         """Whether ``line`` has appeared in the output."""
 
+    def progress_at(self) -> float | None:
+        """Monotonic time one of the plan's ``progress_lines`` last appeared."""
+
     def tail(self, n: int) -> list[str]:
         """The last ``n`` output lines, decoded for display."""
 
@@ -304,8 +307,19 @@ class Supervisor:
         return self._last_progress() + self.settings.startup_timeout_s
 
     def _last_progress(self) -> float:
-        out = self.child.output_at() if self.child is not None else None
+        out = self._activity_at(self.child) if self.child is not None else None
         return max(self._progress_at, out or 0.0)
+
+    def _activity_at(self, child: Child) -> float | None:
+        """When the server last showed it is working, from its output.
+
+        Any output counts, except for a server that logs every HTTP request
+        once its port is open (SGLang): there our own probes would count, so
+        only its progress lines do.
+        """
+        if self.plan.progress_lines is None or not self._connected:
+            return child.output_at()
+        return child.progress_at()
 
     def _probed(self, ev: Probed) -> None:
         self._probing = False
@@ -327,7 +341,7 @@ class Supervisor:
         if self.state is not State.READY:
             return
         self._probe_due = max(now, self._probe_started + self.settings.health_interval_s)
-        output = ev.child.output_at()
+        output = self._activity_at(ev.child)
         progressed = (output is not None and output != self._last_output) or (
             ev.progress is not None
             and self._last_counter is not None
@@ -413,7 +427,15 @@ class Supervisor:
         stopping = self.state is State.STOPPING
         if stopping and self._stopping_for == "stop":
             sent = self.stop_sent
-            as_asked = self._killed or returncode == 0 or (sent is not None and returncode == -sent)
+            # Stopped before it was ready, any exit is the stop's (a Python
+            # server interrupted while importing exits 1); once ready, a
+            # non-zero status other than the signal's is the server failing.
+            as_asked = (
+                self._killed
+                or returncode == 0
+                or (sent is not None and returncode == -sent)
+                or self._ready_at is None
+            )
             cause = None if as_asked else self._classify(returncode, tail)
             self.failed_while_stopping = cause is not None
             self._end(child, returncode, cause, tail, swept)
@@ -450,7 +472,8 @@ class Supervisor:
         delay = self.policy.next_delay(now)
         self.restarts += 1
         self._backoff_until = now + delay
-        self._set(State.BACKOFF, f"{cause.summary}; restarting in {delay:.1f}s")
+        shown = f"{delay:.2f}" if delay < 10 else f"{delay:.0f}"
+        self._set(State.BACKOFF, f"{cause.summary}; restarting in {shown}s")
 
     def _classify(self, returncode: int, tail: tuple[str, ...]) -> ExitCause:
         return self._classify_exit(
