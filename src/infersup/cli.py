@@ -537,8 +537,12 @@ def status(
         from rich.table import Table
 
         if not rows:
-            what = f"'{profile_id}' has" if profile_id else "no profile has"
-            _err_console().print(f"{what} no supervisor record (not run yet)", markup=False)
+            message = (
+                f"'{profile_id}' has not been run (no supervisor record)"
+                if profile_id
+                else "nothing has been run yet (no supervisor records)"
+            )
+            _err_console().print(message, markup=False)
         table = Table(box=None, pad_edge=False)
         for col in ("id", "state", "pid", "server", "url", "uptime", "restarts"):
             table.add_column(col, no_wrap=True)

@@ -1,0 +1,104 @@
+"""Control from another terminal: `run --detach`, `status`, `logs`, `stop`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import REPO
+from tests.integration.conftest import TEST_MARK, free_port, marked_processes
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+MISBEHAVE = str(REPO / "tests" / "children" / "misbehave.py")
+
+
+def infersup(
+    *args: str, env: dict[str, str], timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "infersup", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def test_detach_then_status_logs_and_stop(tmp_path: Path) -> None:
+    port = free_port()
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    (profiles / "bg.yaml").write_text(f"backend: llama.cpp\nmodel: {model}\nport: {port}\n")
+    mark = f"control-{time.monotonic_ns()}"
+    env = {**os.environ, TEST_MARK: mark, "COLUMNS": "200", "MISBEHAVE_MAX_S": "60"}
+    common = ("-p", str(profiles), "--server-bin", MISBEHAVE)
+    try:
+        started = infersup("run", "bg", "--detach", *common, env=env)
+        assert started.returncode == 0, started.stderr
+        assert "started in the background" in started.stderr
+        supervisor = int(started.stderr.split("supervisor pid ")[1].split(",")[0])
+
+        deadline = time.monotonic() + 30
+        while True:
+            rows = json.loads(infersup("status", "bg", "--json", env=env).stdout)
+            if rows and rows[0]["state"] == "READY":
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.05)
+        row = rows[0]
+        assert row["supervisor_pid"] == supervisor and row["live"] is True
+        assert row["url"] == f"http://127.0.0.1:{port}" and row["restarts"] == 0
+
+        again = infersup("run", "bg", *common, env=env)  # a second run is refused
+        assert again.returncode == 1 and f"pid {supervisor}" in again.stderr
+
+        logs = infersup("logs", "bg", "-n", "2", env=env)
+        assert logs.returncode == 0
+        assert logs.stdout.splitlines()[-1].endswith(f"listening on http://127.0.0.1:{port}")
+        assert len(logs.stdout.splitlines()) == 2
+
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "infersup", "logs", "bg", "-f", "-n", "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        stopped = infersup("stop", "bg", env=env)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not psutil.pid_exists(supervisor) or (
+            psutil.Process(supervisor).status() == psutil.STATUS_ZOMBIE
+        )
+        out, _ = follower.communicate(timeout=20)  # -f ends when the supervisor has ended
+        assert follower.returncode == 0
+        assert "cleaning up before exit" in out  # the server's last words, followed live
+
+        final = json.loads(infersup("status", "bg", "--json", env=env).stdout)[0]
+        assert (final["state"], final["live"], final["stale"]) == ("STOPPED", False, False)
+        table = infersup("status", env=env).stdout
+        assert "bg" in table and "STOPPED" in table
+    finally:
+        leftovers = marked_processes(mark)
+        for proc in leftovers:
+            proc.send_signal(signal.SIGKILL)
+        assert not leftovers
+
+
+def test_status_and_stop_of_a_profile_never_run(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    status = infersup("status", "nothing", env=env)
+    assert status.returncode == 1 and "'nothing' has not been run" in status.stderr
+    stop = infersup("stop", "nothing", env=env)
+    assert stop.returncode == 1 and "error:" in stop.stderr
+    logs = infersup("logs", "nothing", env=env)
+    assert logs.returncode == 1 and "no log for 'nothing'" in logs.stderr
