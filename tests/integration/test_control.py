@@ -69,11 +69,13 @@ def test_detach_then_status_logs_and_stop(tmp_path: Path) -> None:
         assert len(logs.stdout.splitlines()) == 2
 
         follower = subprocess.Popen(
-            [sys.executable, "-m", "infersup", "logs", "bg", "-f", "-n", "0"],
+            [sys.executable, "-m", "infersup", "logs", "bg", "-f", "-n", "1"],
             stdout=subprocess.PIPE,
             text=True,
             env=env,
         )
+        assert follower.stdout is not None
+        assert "listening on" in follower.stdout.readline()  # it is following now
         stopped = infersup("stop", "bg", env=env)
         assert stopped.returncode == 0, stopped.stderr
         assert not psutil.pid_exists(supervisor) or (
