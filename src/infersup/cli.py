@@ -353,6 +353,8 @@ def _supervise_in_foreground(
     from infersup.supervise.runner import state_dir, supervise
 
     notify("info", "running: " + shlex.join(plan.argv))
+    for note in plan.notes:
+        notify("warning", f"note: {note}")
     env = {**os.environ, **plan.env}
     recorder = _Recorder(plan, lease)
     try:

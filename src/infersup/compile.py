@@ -111,6 +111,7 @@ def compile_profile(
                 f"{table.version}; it may be removed in a later release"
             )
     argv += profile.extra_args
+    notes += _watchdog_notes(profile, table, seen)
     return LaunchPlan(
         profile_id=profile.id,
         backend=profile.backend,
@@ -128,6 +129,21 @@ def compile_profile(
         progress_lines=backend.progress_lines,
         metrics_path=_metrics_path(argv, backend, table),
     )
+
+
+def _watchdog_notes(profile: Profile, table: FlagTable, seen: dict[int, Setting]) -> list[str]:
+    """SGLang kills itself when one forward batch stalls longer than its watchdog
+    (300 s by default; newer releases arm it while initialising too): a
+    multi-minute load or a huge first prefill needs more (production GLM-5.1 on
+    8xB200 used 1200 s, field notes C)."""
+    spec = table.get("--watchdog-timeout")
+    if spec is None or id(spec) in seen or "--watchdog-timeout" in profile.extra_args:
+        return []
+    return [
+        "server.watchdog_timeout is not set: SGLang's watchdog kills the server after 300 s "
+        "without progress in one batch; set it to at least your weight-load time "
+        "(1200 for large MoE models)"
+    ]
 
 
 def _metrics_path(argv: list[str], backend: BackendInfo, table: FlagTable) -> str | None:

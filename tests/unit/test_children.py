@@ -198,7 +198,7 @@ def test_misbehave_help_gives_infersup_the_real_flag_table(tmp_path: Path) -> No
 
 def test_misbehave_binds_before_loading_then_turns_healthy(tmp_path: Path) -> None:
     port, ready = free_port(), tmp_path / "ready"
-    env = {"MISBEHAVE_LOAD_S": "0.4", "MISBEHAVE_READY_FILE": str(ready)}
+    env = {"MISBEHAVE_LOAD_S": "1.5", "MISBEHAVE_READY_FILE": str(ready)}  # wide: a loaded CI box
     with run_misbehave(tmp_path, port, env) as child:
         wait_for(lambda: get(port, "/health")[0] != REFUSED, "the port")
         assert not ready.exists()
@@ -348,7 +348,7 @@ def test_fake_sglang_has_no_argparse_so_infersup_uses_its_bundled_table(
 @pytest.mark.integration
 def test_fake_sglang_readiness_sequence(tmp_path: Path) -> None:
     port = free_port()
-    env = {"FAKE_SGLANG_LOAD_S": "0.5", "FAKE_SGLANG_WARMUP_S": "0.5"}
+    env = {"FAKE_SGLANG_LOAD_S": "1.0", "FAKE_SGLANG_WARMUP_S": "1.5"}  # wide: a loaded CI box
     seen: list[str] = []
     with run_fake_sglang(tmp_path, port, env) as child:
         wait_for((tmp_path / "sglang.pids").exists, "the pids file")

@@ -218,9 +218,28 @@ def test_values_the_help_text_allows(write: Write) -> None:
 
 
 def test_deprecated_flags_compile_with_a_note(write: Write) -> None:
-    plan = plan_for(write, "backend: sglang\nmodel: org/m\nserver: {disable_cuda_graph: true}\n")
+    plan = plan_for(
+        write,
+        "backend: sglang\nmodel: org/m\n"
+        "server: {watchdog_timeout: 1200, disable_cuda_graph: true}\n",
+    )
     assert plan.argv[-1] == "--disable-cuda-graph"
     assert plan.notes == (
         f"{write('p.yaml', '')}: server.disable_cuda_graph: --disable-cuda-graph is deprecated "
         "in sglang 0.5.23; it may be removed in a later release",
     )
+
+
+def test_sglang_without_a_watchdog_timeout_gets_a_note(write: Write) -> None:
+    plan = plan_for(write, "backend: sglang\nmodel: org/m\n")
+    assert plan.notes == (
+        "server.watchdog_timeout is not set: SGLang's watchdog kills the server after 300 s "
+        "without progress in one batch; set it to at least your weight-load time "
+        "(1200 for large MoE models)",
+    )
+    set_in_extra = plan_for(
+        write, "backend: sglang\nmodel: org/m\nextra_args: [--watchdog-timeout, '900']\n"
+    )
+    assert set_in_extra.notes == ()
+    llama = plan_for(write, "backend: llama.cpp\nmodel: m.gguf\n")
+    assert llama.notes == ()
