@@ -103,6 +103,33 @@ def dummy_model(tmp_path: Path) -> Path:
     return path
 
 
+Misbehave = Callable[..., Run]
+
+
+@pytest.fixture
+def mis(launch: Launch, tmp_path: Path, dummy_model: Path) -> Misbehave:
+    """`infersup run ID` of a profile served by misbehave.py in ``mode``.
+
+    ``settings`` is extra profile YAML (a ``supervise:`` line); keyword
+    arguments are MISBEHAVE_* variables without the prefix.
+    """
+
+    def _run(
+        profile_id: str,
+        mode: str,
+        settings: str = "",
+        args: tuple[str, ...] = (),
+        server: str = "",
+        **extra: str,
+    ) -> Run:
+        port = free_port()
+        env = misbehave_env(tmp_path, mode, **extra)
+        text = profile(dummy_model, port, settings, server)
+        return launch(text, profile_id, port, binary=MISBEHAVE, env=env, args=args)
+
+    return _run
+
+
 def misbehave_env(tmp_path: Path, mode: str, **extra: str) -> dict[str, str]:
     env = {
         "MISBEHAVE_MODE": mode,
@@ -135,12 +162,8 @@ def alive(pid: int) -> bool:
 # -- 1-5: start failures, crashes --------------------------------------------------------
 
 
-def test_row01_crash_before_ready_is_restarted_with_backoff(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
-    env = misbehave_env(tmp_path, "crash-before-ready", FAIL_STARTS="1", LOAD_S="0.2")
-    run = launch(profile(dummy_model, port, FAST), "crash1", port, binary=MISBEHAVE, env=env)
+def test_row01_crash_before_ready_is_restarted_with_backoff(mis: Misbehave, tmp_path: Path) -> None:
+    run = mis("crash1", "crash-before-ready", FAST, FAIL_STARTS="1", LOAD_S="0.2")
     run.wait_for("is ready at")
     assert states(run, "crash1")[:4] == ["STARTING", "BACKOFF", "STARTING", "READY"]
     record = last_exit(run, "crash1")  # the crash left its status and last lines
@@ -233,16 +256,12 @@ def test_row04_sigkill_is_classified_and_the_server_comes_back(
     assert stop(run) == 130
 
 
-def test_row05_crash_loop_backs_off_then_goes_fatal(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
+def test_row05_crash_loop_backs_off_then_goes_fatal(mis: Misbehave, tmp_path: Path) -> None:
     settings = (
         "supervise: {backoff_initial_s: 0.1, backoff_max_s: 0.4, max_restarts: 4, "
         "restart_window_s: 60}\n"
     )
-    env = misbehave_env(tmp_path, "crash-always")
-    run = launch(profile(dummy_model, port, settings), "loop", port, binary=MISBEHAVE, env=env)
+    run = mis("loop", "crash-always", settings)
     assert run.proc.wait(timeout=60) == 1
     delays = [float(d) for d in re.findall(r"restarting in ([\d.]+)s", run.err_text())]
     assert len(delays) == 4
@@ -275,16 +294,12 @@ def test_row06_sigstopped_server_is_unhealthy_then_restarted(
     assert stop(run) == 130
 
 
-def test_row06_deadlocked_server_is_unhealthy_then_killed_and_restarted(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
+def test_row06_deadlocked_server_is_unhealthy_then_killed_and_restarted(mis: Misbehave) -> None:
     settings = (
         "supervise: {health_interval_s: 0.3, health_timeout_s: 0.3, unhealthy_after: 2, "
         "stop_grace_s: 0.5, backoff_initial_s: 0.05}\n"
     )
-    env = misbehave_env(tmp_path, "hang-after-ready,term-ignore", FAIL_STARTS="1", AFTER_S="0.2")
-    run = launch(profile(dummy_model, port, settings), "hang", port, binary=MISBEHAVE, env=env)
+    run = mis("hang", "hang-after-ready,term-ignore", settings, FAIL_STARTS="1", AFTER_S="0.2")
     wait_state(run, "hang", "READY", count=2)
     assert states(run, "hang")[:6] == [
         "STARTING",
@@ -299,17 +314,9 @@ def test_row06_deadlocked_server_is_unhealthy_then_killed_and_restarted(
     assert stop(run) == 130
 
 
-def test_row07_busy_is_not_dead(launch: Launch, tmp_path: Path, dummy_model: Path) -> None:
-    port = free_port()
+def test_row07_busy_is_not_dead(mis: Misbehave) -> None:
     settings = "supervise: {health_interval_s: 0.2, unhealthy_after: 2}\n"
-    env = misbehave_env(tmp_path, "busy", AFTER_S="0.1")
-    run = launch(
-        profile(dummy_model, port, settings, "metrics: true"),
-        "busy",
-        port,
-        binary=MISBEHAVE,
-        env=env,
-    )
+    run = mis("busy", "busy", settings, server="metrics: true", AFTER_S="0.1")
     run.wait_ready()
     wait_until(lambda: "busy, not dead" in run.err_text(), "the busy notice")
     time.sleep(2.0)  # ten probe intervals of 503 while tokens flow
@@ -373,34 +380,24 @@ def test_row06_sglang_stalled_scheduler_is_caught_despite_access_lines(
     assert stop(run) == 130
 
 
-def test_row08_slow_start_with_progress_extends_the_deadline(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
+def test_row08_slow_start_with_progress_extends_the_deadline(mis: Misbehave) -> None:
     settings = "supervise: {startup_timeout_s: 0.8}\n"
-    env = misbehave_env(tmp_path, "slow-start", LOAD_S="3", PROGRESS_S="0.2")
-    run = launch(profile(dummy_model, port, settings), "slow", port, binary=MISBEHAVE, env=env)
+    run = mis("slow", "slow-start", settings, LOAD_S="3", PROGRESS_S="0.2")
     run.wait_ready()  # 3 s of loading, never 0.8 s without a progress line
     assert states(run, "slow") == ["STARTING", "READY"]
     assert stop(run) == 130
 
 
-def test_row08_a_stalled_start_fails(launch: Launch, tmp_path: Path, dummy_model: Path) -> None:
-    port = free_port()
+def test_row08_a_stalled_start_fails(mis: Misbehave) -> None:
     settings = "supervise: {startup_timeout_s: 0.8, restart: never, stop_grace_s: 1}\n"
-    env = misbehave_env(tmp_path, "stall-start")
-    run = launch(profile(dummy_model, port, settings), "stall", port, binary=MISBEHAVE, env=env)
+    run = mis("stall", "stall-start", settings)
     assert run.proc.wait(timeout=30) == 1
     assert states(run, "stall") == ["STARTING", "STOPPING", "FATAL"]
     assert "no progress for" in run.err_text()
 
 
-def test_row09_port_open_and_503_is_not_ready(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
-    env = misbehave_env(tmp_path, "normal", LOAD_S="1.5")
-    run = launch(profile(dummy_model, port), "race", port, binary=MISBEHAVE, env=env)
+def test_row09_port_open_and_503_is_not_ready(mis: Misbehave) -> None:
+    run = mis("race", "normal", LOAD_S="1.5")
     wait_until(lambda: status_of(run.url("/health")) == 503, "the 503 phase")
     assert "is ready at" not in run.err_text()
     text = run.wait_for("is ready at")
@@ -460,18 +457,8 @@ def test_sglang_watchdog_kill_is_classified_and_restarted(
 # -- 10-13: stopping -------------------------------------------------------------------
 
 
-def test_row10_term_ignored_is_killed_after_the_grace(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
-    env = misbehave_env(tmp_path, "term-ignore")
-    run = launch(
-        profile(dummy_model, port, "supervise: {stop_grace_s: 1}\n"),
-        "deaf",
-        port,
-        binary=MISBEHAVE,
-        env=env,
-    )
+def test_row10_term_ignored_is_killed_after_the_grace(mis: Misbehave) -> None:
+    run = mis("deaf", "term-ignore", "supervise: {stop_grace_s: 1}\n")
     run.wait_ready()
     t0 = time.monotonic()
     assert stop(run, signal.SIGTERM) == 143
@@ -481,18 +468,8 @@ def test_row10_term_ignored_is_killed_after_the_grace(
     assert last_exit(run, "deaf")["sigkill_sent"] is True
 
 
-def test_row11_slow_graceful_stop_is_waited_for(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
-    env = misbehave_env(tmp_path, "slow-stop", STOP_S="2")
-    run = launch(
-        profile(dummy_model, port, "supervise: {stop_grace_s: 10}\n"),
-        "slowstop",
-        port,
-        binary=MISBEHAVE,
-        env=env,
-    )
+def test_row11_slow_graceful_stop_is_waited_for(mis: Misbehave) -> None:
+    run = mis("slowstop", "slow-stop", "supervise: {stop_grace_s: 10}\n", STOP_S="2")
     run.wait_ready()
     t0 = time.monotonic()
     assert stop(run, signal.SIGTERM) == 143
@@ -503,12 +480,8 @@ def test_row11_slow_graceful_stop_is_waited_for(
 
 
 @pytest.mark.parametrize("mode", ["grandchildren", "setsid-escape"])
-def test_row12_13_whole_tree_is_stopped(
-    launch: Launch, tmp_path: Path, dummy_model: Path, mode: str
-) -> None:
-    port = free_port()
-    env = misbehave_env(tmp_path, mode)
-    run = launch(profile(dummy_model, port), "tree", port, binary=MISBEHAVE, env=env)
+def test_row12_13_whole_tree_is_stopped(mis: Misbehave, tmp_path: Path, mode: str) -> None:
+    run = mis("tree", mode)
     run.wait_ready()
     workers = worker_pids(tmp_path)
     assert workers and all(alive(p) for p in workers)
@@ -517,11 +490,9 @@ def test_row12_13_whole_tree_is_stopped(
 
 
 def test_row13_escaped_worker_of_a_crashed_server_is_swept_before_the_restart(
-    launch: Launch, tmp_path: Path, dummy_model: Path
+    mis: Misbehave, tmp_path: Path
 ) -> None:
-    port = free_port()
-    env = misbehave_env(tmp_path, "setsid-escape,crash-after-ready", FAIL_STARTS="1")
-    run = launch(profile(dummy_model, port, FAST), "escape", port, binary=MISBEHAVE, env=env)
+    run = mis("escape", "setsid-escape,crash-after-ready", FAST, FAIL_STARTS="1")
     wait_state(run, "escape", "READY", count=2)
     first_workers = [int(x) for x in (tmp_path / "pids").read_text().split()][:1]
     assert "stopped 1 leftover process(es)" in run.err_text()
@@ -532,19 +503,8 @@ def test_row13_escaped_worker_of_a_crashed_server_is_swept_before_the_restart(
 # -- 14-18: output ----------------------------------------------------------------------
 
 
-def test_row14_flood_is_logged_whole_with_bounded_memory(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
-    env = misbehave_env(tmp_path, "flood", FLOOD_MB="200")
-    run = launch(
-        profile(dummy_model, port),
-        "flood",
-        port,
-        binary=MISBEHAVE,
-        env=env,
-        args=("--quiet",),
-    )
+def test_row14_flood_is_logged_whole_with_bounded_memory(mis: Misbehave) -> None:
+    run = mis("flood", "flood", args=("--quiet",), FLOOD_MB="200")
     peak = 0
     deadline = time.monotonic() + 90
     me = psutil.Process(run.proc.pid)
@@ -564,10 +524,8 @@ def test_row14_flood_is_logged_whole_with_bounded_memory(
     assert peak < 150 * (1 << 20), f"supervisor RSS peaked at {peak / (1 << 20):.0f} MiB"
 
 
-def test_row15_huge_line_without_newline(launch: Launch, tmp_path: Path, dummy_model: Path) -> None:
-    port = free_port()
-    env = misbehave_env(tmp_path, "huge-line,crash-after-ready", FAIL_STARTS="1")
-    run = launch(profile(dummy_model, port, FAST), "huge", port, binary=MISBEHAVE, env=env)
+def test_row15_huge_line_without_newline(mis: Misbehave) -> None:
+    run = mis("huge", "huge-line,crash-after-ready", FAST, FAIL_STARTS="1")
     wait_state(run, "huge", "READY", count=2)
     log = (run.state / "logs" / "huge.log").read_bytes()
     assert b"H" * (10 * 1000 * 1000) in log
@@ -578,15 +536,11 @@ def test_row15_huge_line_without_newline(launch: Launch, tmp_path: Path, dummy_m
     assert stop(run) == 130
 
 
-def test_row16_invalid_utf8_is_kept_raw_and_shown_replaced(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
+def test_row16_invalid_utf8_is_kept_raw_and_shown_replaced(mis: Misbehave) -> None:
     sys.path.insert(0, str(REPO / "tests" / "children"))
     from tests.children.misbehave import BAD_UTF8_CHUNKS, BAD_UTF8_TEXT
 
-    port = free_port()
-    env = misbehave_env(tmp_path, "bad-utf8,crash-after-ready", FAIL_STARTS="1")
-    run = launch(profile(dummy_model, port, FAST), "utf", port, binary=MISBEHAVE, env=env)
+    run = mis("utf", "bad-utf8,crash-after-ready", FAST, FAIL_STARTS="1")
     wait_state(run, "utf", "READY", count=2)
     log = (run.state / "logs" / "utf.log").read_bytes()
     assert b"".join(BAD_UTF8_CHUNKS) in log  # byte-identical
@@ -596,14 +550,10 @@ def test_row16_invalid_utf8_is_kept_raw_and_shown_replaced(
     assert stop(run) == 130
 
 
-def test_row17_unwritable_log_dir_is_one_warning(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
+def test_row17_unwritable_log_dir_is_one_warning(mis: Misbehave) -> None:
     state = Path(os.environ["INFERSUP_STATE_DIR"])
     (state / "logs").write_text("a file where the log directory should be\n")
-    env = misbehave_env(tmp_path, "normal")
-    run = launch(profile(dummy_model, port), "nolog", port, binary=MISBEHAVE, env=env)
+    run = mis("nolog", "normal")
     run.wait_ready()
     assert stop(run) == 130
     warnings = [line for line in run.err_text().splitlines() if "nolog.log" in line]
@@ -611,20 +561,9 @@ def test_row17_unwritable_log_dir_is_one_warning(
     assert b"listening on" in run.stdout.read_bytes()  # the terminal still got everything
 
 
-def test_row18_log_rotates_and_nothing_is_lost(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
+def test_row18_log_rotates_and_nothing_is_lost(mis: Misbehave) -> None:
     settings = "supervise: {log_max_bytes: 65536, log_backups: 100}\n"
-    env = misbehave_env(tmp_path, "flood", FLOOD_MB="2")
-    run = launch(
-        profile(dummy_model, port, settings),
-        "rot",
-        port,
-        binary=MISBEHAVE,
-        env=env,
-        args=("--quiet",),
-    )
+    run = mis("rot", "flood", settings, args=("--quiet",), FLOOD_MB="2")
     run.wait_ready()
     assert stop(run) == 130
     logs = run.state / "logs"
@@ -641,11 +580,9 @@ def test_row18_log_rotates_and_nothing_is_lost(
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_row19_supervisor_signal_stops_the_tree(
-    launch: Launch, tmp_path: Path, dummy_model: Path, sig: int, code: int
+    mis: Misbehave, tmp_path: Path, sig: int, code: int
 ) -> None:
-    port = free_port()
-    env = misbehave_env(tmp_path, "grandchildren")
-    run = launch(profile(dummy_model, port), "sig", port, binary=MISBEHAVE, env=env)
+    run = mis("sig", "grandchildren")
     run.wait_ready()
     workers = worker_pids(tmp_path)
     assert stop(run, sig) == code
@@ -664,12 +601,8 @@ def test_row20_killed_supervisor_leaves_no_server_running(launch: Launch, tiny_m
     wait_until(lambda: not alive(server), "the server to die with its supervisor", 10)
 
 
-def test_row20_next_run_reaps_what_a_killed_supervisor_left(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
-    env = misbehave_env(tmp_path, "setsid-escape")
-    run = launch(profile(dummy_model, port), "reap", port, binary=MISBEHAVE, env=env)
+def test_row20_next_run_reaps_what_a_killed_supervisor_left(mis: Misbehave, tmp_path: Path) -> None:
+    run = mis("reap", "setsid-escape")
     run.wait_ready()
     workers = worker_pids(tmp_path)
     run.proc.kill()
@@ -681,7 +614,7 @@ def test_row20_next_run_reaps_what_a_killed_supervisor_left(
     )
     assert "supervisor killed" in status.stdout
     (tmp_path / "pids").unlink()
-    again = launch(profile(dummy_model, port), "reap", port, binary=MISBEHAVE, env=env)
+    again = mis("reap", "setsid-escape")
     again.wait_ready()
     assert "orphan" in again.err_text()
     assert not any(alive(p) for p in workers)
@@ -714,14 +647,10 @@ def test_row21_restart_with_a_request_in_flight(launch: Launch, tmp_path: Path) 
     assert stop(run) == 130
 
 
-def test_row22_stop_while_starting_wins_once(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
-    env = misbehave_env(tmp_path, "slow-start", LOAD_S="20")
-    run = launch(profile(dummy_model, port), "ctl", port, binary=MISBEHAVE, env=env)
+def test_row22_stop_while_starting_wins_once(mis: Misbehave, tmp_path: Path) -> None:
+    run = mis("ctl", "slow-start", LOAD_S="20")
     wait_until(lambda: starts(tmp_path) == 1, "the first start")
-    second = launch(profile(dummy_model, port), "ctl", port, binary=MISBEHAVE, env=env)
+    second = mis("ctl", "slow-start", LOAD_S="20")
     assert second.proc.wait(timeout=30) == 1
     assert f"pid {run.proc.pid}" in second.err_text()  # refused, naming the running one
     stopped = subprocess.run(
