@@ -130,6 +130,24 @@ def mis(launch: Launch, tmp_path: Path, dummy_model: Path) -> Misbehave:
     return _run
 
 
+@pytest.fixture
+def sglang(launch: Launch, dummy_model: Path) -> Misbehave:
+    """`infersup run ID` of an SGLang profile served by the SGLang stand-in.
+
+    ``settings`` is extra profile YAML; keyword arguments are FAKE_SGLANG_*
+    variables without the prefix.
+    """
+
+    def _run(profile_id: str, settings: str = "", **extra: str) -> Run:
+        port = free_port()
+        text = f"backend: sglang\nmodel: {dummy_model}\nport: {port}\n{settings}"
+        env = {"PYTHONPATH": str(FAKE_SGLANG), "FAKE_SGLANG_MAX_S": "90"}
+        env.update({f"FAKE_SGLANG_{k}": v for k, v in extra.items()})
+        return launch(text, profile_id, port, env=env, args=("--python", sys.executable))
+
+    return _run
+
+
 def misbehave_env(tmp_path: Path, mode: str, **extra: str) -> dict[str, str]:
     env = {
         "MISBEHAVE_MODE": mode,
@@ -324,22 +342,16 @@ def test_row07_busy_is_not_dead(mis: Misbehave) -> None:
     assert stop(run) == 130
 
 
-def test_row07_sglang_busy_is_not_dead_but_a_stall_is(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
-    text = (
-        f"backend: sglang\nmodel: {dummy_model}\nport: {port}\n"
-        "server: {enable_metrics: true}\n"
-        "supervise: {health_interval_s: 0.2, unhealthy_after: 2}\n"
+def test_row07_sglang_busy_is_not_dead_but_a_stall_is(sglang: Misbehave) -> None:
+    run = sglang(
+        "sgbusy",
+        (
+            "server: {enable_metrics: true}\n"
+            "supervise: {health_interval_s: 0.2, unhealthy_after: 2}\n"
+        ),
+        MODE="busy",
+        AFTER_S="0.1",
     )
-    env = {
-        "PYTHONPATH": str(FAKE_SGLANG),
-        "FAKE_SGLANG_MODE": "busy",
-        "FAKE_SGLANG_AFTER_S": "0.1",
-        "FAKE_SGLANG_MAX_S": "90",
-    }
-    run = launch(text, "sgbusy", port, env=env, args=("--python", sys.executable))
     run.wait_ready()
     wait_until(lambda: "busy, not dead" in run.err_text(), "the busy notice")
     time.sleep(2.0)
@@ -347,30 +359,24 @@ def test_row07_sglang_busy_is_not_dead_but_a_stall_is(
     assert stop(run) == 130
 
 
-def test_row06_sglang_stalled_scheduler_is_caught_despite_access_lines(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
+def test_row06_sglang_stalled_scheduler_is_caught_despite_access_lines(sglang: Misbehave) -> None:
     """uvicorn logs every probe: that output must not pass for progress.
 
     The stand-in's scheduler stalls right after the ready line, so the stall
     is seen either while starting (port open, no batch line: a stalled start)
     or after READY (failing probes, no batch line: UNHEALTHY).
     """
-    port = free_port()
-    text = (
-        f"backend: sglang\nmodel: {dummy_model}\nport: {port}\n"
-        "server: {watchdog_timeout: 60}\n"  # SGLang's own watchdog would take a minute
-        "supervise: {health_interval_s: 0.2, unhealthy_after: 2, startup_timeout_s: 1.5, "
-        "stop_grace_s: 1, backoff_initial_s: 0.05}\n"
+    run = sglang(
+        "sgstall",
+        (
+            "server: {watchdog_timeout: 60}\n"  # SGLang's own watchdog would take a minute
+            "supervise: {health_interval_s: 0.2, unhealthy_after: 2, startup_timeout_s: 1.5, "
+            "stop_grace_s: 1, backoff_initial_s: 0.05}\n"
+        ),
+        MODE="watchdog",
+        LOAD_S="0.1",
+        WARMUP_S="0.1",
     )
-    env = {
-        "PYTHONPATH": str(FAKE_SGLANG),
-        "FAKE_SGLANG_MODE": "watchdog",
-        "FAKE_SGLANG_LOAD_S": "0.1",
-        "FAKE_SGLANG_WARMUP_S": "0.1",
-        "FAKE_SGLANG_MAX_S": "90",
-    }
-    run = launch(text, "sgstall", port, env=env, args=("--python", sys.executable))
     wait_state(run, "sgstall", "BACKOFF", timeout=20)
     assert "busy, not dead" not in run.err_text()
     cause = last_exit(run, "sgstall")["cause"]
@@ -406,19 +412,8 @@ def test_row09_port_open_and_503_is_not_ready(mis: Misbehave) -> None:
     assert stop(run) == 130
 
 
-def test_row09_sglang_ready_only_after_its_ready_line(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
-    text = f"backend: sglang\nmodel: {dummy_model}\nport: {port}\n"
-    env = {
-        "PYTHONPATH": str(FAKE_SGLANG),
-        "FAKE_SGLANG_LOAD_S": "0.5",
-        "FAKE_SGLANG_WARMUP_S": "1.0",
-        "FAKE_SGLANG_PIDS_FILE": str(tmp_path / "sg-pids"),
-        "FAKE_SGLANG_MAX_S": "90",
-    }
-    run = launch(text, "sgready", port, env=env, args=("--python", sys.executable))
+def test_row09_sglang_ready_only_after_its_ready_line(sglang: Misbehave, tmp_path: Path) -> None:
+    run = sglang("sgready", LOAD_S="0.5", WARMUP_S="1.0", PIDS_FILE=str(tmp_path / "sg-pids"))
     wait_until(lambda: status_of(run.url("/model_info")) == 200, "/model_info")
     assert status_of(run.url("/health")) == 503
     assert "is ready at" not in run.err_text()  # /model_info is not a ready signal
@@ -431,22 +426,14 @@ def test_row09_sglang_ready_only_after_its_ready_line(
     assert not any(alive(p) for p in pids)  # the whole SGLang tree
 
 
-def test_sglang_watchdog_kill_is_classified_and_restarted(
-    launch: Launch, tmp_path: Path, dummy_model: Path
-) -> None:
-    port = free_port()
-    text = (
-        f"backend: sglang\nmodel: {dummy_model}\nport: {port}\n"
-        "server: {watchdog_timeout: 0.5}\n" + FAST
+def test_sglang_watchdog_kill_is_classified_and_restarted(sglang: Misbehave) -> None:
+    run = sglang(
+        "sgdog",
+        "server: {watchdog_timeout: 0.5}\n" + FAST,
+        MODE="watchdog",
+        LOAD_S="0.1",
+        WARMUP_S="0.1",
     )
-    env = {
-        "PYTHONPATH": str(FAKE_SGLANG),
-        "FAKE_SGLANG_MODE": "watchdog",
-        "FAKE_SGLANG_LOAD_S": "0.1",
-        "FAKE_SGLANG_WARMUP_S": "0.1",
-        "FAKE_SGLANG_MAX_S": "90",
-    }
-    run = launch(text, "sgdog", port, env=env, args=("--python", sys.executable))
     wait_state(run, "sgdog", "BACKOFF")
     err = run.err_text()
     assert "watchdog" in err.lower() and "watchdog_timeout" in err
