@@ -368,10 +368,10 @@ def _supervise_in_foreground(
             tree_token=lease.new_tree_token,
         )
     except InfersupError as exc:
-        lease.release()
+        lease.release(error=exc)
         _fail(exc)
-    except BaseException:
-        lease.release()
+    except BaseException as exc:
+        lease.release(error=exc)
         raise
     lease.release(recorder.final())
     if result.failed:

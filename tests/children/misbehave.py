@@ -53,6 +53,8 @@ MISBEHAVE_PIDS_FILE        -        worker pids, one a line (grandchildren,
                                     setsid-escape), written atomically
 MISBEHAVE_MAX_S            300      every process of the tree exits (rc 3) after this
                                     long, whatever it is doing: a leak guard
+MISBEHAVE_WORKER_ENV       -        ``empty``: tree workers exec with an empty
+                                    environment (no tree token, no test marker)
 =========================  =======  ==================================================
 
 Modes, by group (combine across groups: ``grandchildren,term-ignore``):
@@ -570,6 +572,10 @@ def fork_worker(escape: bool, max_s: float) -> int:
             signal.signal(sig, signal.SIG_DFL)
         if escape:
             os.setsid()  # out of the group: only a descendant sweep finds it
+        if os.environ.get("MISBEHAVE_WORKER_ENV") == "empty":
+            # a worker that drops its environment (and any marker in it)
+            code = f"import time\ntime.sleep({max_s})\n"
+            os.execve(sys.executable, [sys.executable, "-c", code], {})
         deadline = time.monotonic() + max_s
         while (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, 1.0))

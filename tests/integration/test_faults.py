@@ -13,6 +13,7 @@ process behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -485,6 +486,35 @@ def test_row13_escaped_worker_of_a_crashed_server_is_swept_before_the_restart(
     assert "stopped 1 leftover process(es)" in run.err_text()
     assert not any(alive(p) for p in first_workers)
     assert stop(run) == 130
+
+
+def test_row13_escaped_worker_without_our_token_is_swept_too(
+    mis: Misbehave, tmp_path: Path
+) -> None:
+    """A worker that left the group AND dropped its environment (so no tree
+    token): as subreaper infersup still finds it by its start time."""
+    run = mis(
+        "bare",
+        "setsid-escape,crash-after-ready",
+        FAST,
+        FAIL_STARTS="1",
+        WORKER_ENV="empty",
+        MAX_S="60",
+    )
+    try:
+        wait_state(run, "bare", "READY", count=2)
+        first_worker = int((tmp_path / "pids").read_text().split()[0])
+        crashed = next(e for e in events(run, "bare") if e.get("to") == "BACKOFF")
+        ready_again = [e for e in events(run, "bare") if e.get("to") == "READY"][1]
+        assert not alive(first_worker)  # swept before the restart
+        assert float(ready_again["monotonic"]) - float(crashed["monotonic"]) < 3.0  # type: ignore[arg-type]
+        assert stop(run) == 130
+        workers = [int(x) for x in (tmp_path / "pids").read_text().split()]
+        assert not any(alive(p) for p in workers)
+    finally:
+        for pid in [int(x) for x in (tmp_path / "pids").read_text().split()]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # -- 14-18: output ----------------------------------------------------------------------

@@ -365,3 +365,54 @@ def test_token_counter_sums_progress_counters_only() -> None:
     )
     assert token_counter(page) == 155.5
     assert token_counter(b"llamacpp:requests_processing 1\n") is None
+
+
+def _serve_once(handler: object) -> tuple[socket.socket, threading.Thread]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def run() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            handler(conn)  # type: ignore[operator]
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def test_probe_stops_at_content_length_when_the_server_keeps_the_connection() -> None:
+    done = threading.Event()
+
+    def keep_alive(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{"status":"ok"}')
+        done.wait(5)  # never closes on its own
+
+    listener, _ = _serve_once(keep_alive)
+    with listener:
+        t0 = time.monotonic()
+        answer = http_get("127.0.0.1", listener.getsockname()[1], "/health", timeout_s=3)
+        done.set()
+    assert (answer.status, answer.body) == (200, b'{"status":"ok"}')
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_probe_deadline_covers_a_trickling_server() -> None:
+    done = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        while not done.wait(0.05):
+            conn.sendall(b"X-Slow: 1\r\n")  # a header every 50 ms, forever
+
+    listener, _ = _serve_once(trickle)
+    with listener:
+        t0 = time.monotonic()
+        answer = http_get("127.0.0.1", listener.getsockname()[1], "/health", timeout_s=0.5)
+        took = time.monotonic() - t0
+        done.set()
+    assert (answer.status, answer.detail) == (None, "no answer within 0.5s")
+    assert took < 1.5

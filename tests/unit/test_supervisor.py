@@ -366,6 +366,39 @@ def test_a_success_resets_the_failure_count() -> None:
     assert sup.state is S.READY
 
 
+def test_start_up_output_does_not_make_the_first_failed_probe_busy() -> None:
+    sup, seams = make(health_interval_s=5.0, unhealthy_after=2)
+    sup.start()
+    child = seams.children[0]
+    child.out = 1000.0  # loading logs, all before READY
+    become_ready(sup, seams)
+    failing_probes(sup, seams, 2)  # hangs right after READY: no output since
+    assert sup.state is S.STOPPING
+
+
+def test_a_process_stopped_while_starting_is_not_progress() -> None:
+    sup, seams = make(startup_timeout_s=10.0)
+    sup.start()
+    sup.tick()
+    while sup.state is S.STARTING:  # SIGSTOPped during its load: the seam says so
+        answer(sup, seams, False, connected=False, stopped=True, detail="process is stopped")
+        advance(sup, seams, 1020.0)
+    assert sup.history[-1].new is S.STOPPING and sup.history[-1].at == pytest.approx(1010.0)
+
+
+def test_a_server_that_survives_sigkill_is_given_up_on() -> None:
+    sup, seams = make(stop_grace_s=1.0)
+    sup.start()
+    child = become_ready(sup, seams)
+    t0 = seams.t
+    sup.handle(StopRequested("received SIGTERM", signal.SIGTERM))
+    advance(sup, seams, t0 + 1.0)  # grace over: SIGKILL
+    advance(sup, seams, t0 + 100.0)  # ... and it never exits (D state)
+    assert sup.state is S.STOPPED and sup.history[-1].at == pytest.approx(t0 + 11.0)
+    assert seams.reaped == [child.pid]  # its tree was still swept
+    assert sup.finished and sup.exit_code() == 143
+
+
 # -- restarts, backoff, start limit -----------------------------------------------------
 
 

@@ -13,6 +13,7 @@ two readings to tell "busy" from "hung".
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -39,6 +40,9 @@ class HttpAnswer:
 
 
 def http_get(host: str, port: int, path: str, *, timeout_s: float) -> HttpAnswer:
+    """One GET; ``timeout_s`` bounds the whole exchange, not each read (a server
+    that trickles bytes or never closes must not hold the probe)."""
+    deadline = time.monotonic() + timeout_s
     try:
         sock = socket.create_connection((host, port), timeout=timeout_s)
     except TimeoutError:
@@ -49,29 +53,52 @@ def http_get(host: str, port: int, path: str, *, timeout_s: float) -> HttpAnswer
         try:
             request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
             sock.sendall(request.encode("ascii"))
-            raw = _read_response(sock)
+            status, body = _read_response(sock, deadline)
         except TimeoutError:
             return HttpAnswer(True, None, b"", f"no answer within {timeout_s:g}s")
         except OSError as exc:
             return HttpAnswer(True, None, b"", _os_detail(exc))
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].split()
-    if len(status_line) < 2 or not status_line[1].isdigit():
+    if status is None:
         return HttpAnswer(True, None, b"", "not an HTTP answer")
-    status = int(status_line[1])
     return HttpAnswer(True, status, body, str(status))
 
 
-def _read_response(sock: socket.socket) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < MAX_BODY:
+def _read_response(sock: socket.socket, deadline: float) -> tuple[int | None, bytes]:
+    """Status and body; stops at Content-Length when the server gives one."""
+    raw = b""
+    expected: int | None = None
+    head_end = -1
+    while len(raw) < MAX_BODY:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
         chunk = sock.recv(65536)
         if not chunk:
             break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+        raw += chunk
+        if head_end < 0 and (head_end := raw.find(b"\r\n\r\n")) >= 0:
+            expected = _content_length(raw[:head_end])
+        if expected is not None and len(raw) - head_end - 4 >= expected:
+            break
+    if head_end < 0:
+        head_end = raw.find(b"\r\n\r\n")
+    head = raw[:head_end] if head_end >= 0 else raw
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        return None, b""
+    body = raw[head_end + 4 :] if head_end >= 0 else b""
+    if expected is not None:
+        body = body[:expected]
+    return int(status_line[1]), body
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return int(value.strip())
+    return None
 
 
 def _os_detail(exc: OSError) -> str:

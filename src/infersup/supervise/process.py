@@ -141,13 +141,19 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def adopted(tree_token: str) -> list[psutil.Process]:
-    """Our descendants that carry ``tree_token``: a server's workers, also the
-    ones that escaped its group and were reparented to us (``become_subreaper``)."""
+def adopted(tree_token: str, *, since: float) -> list[psutil.Process]:
+    """Our descendants that belong to a server's tree: the ones that carry its
+    ``tree_token``, and, as a server's workers may clear their environment,
+    any that started after the server did (``since``, a ``create_time``).
+
+    Called once that server is gone and before the next one starts: as the
+    subreaper (``become_subreaper``) we inherit whatever of its tree is left,
+    also the workers that escaped its group with setsid.
+    """
     found = []
     for p in descendants(os.getpid()):
         try:
-            if p.environ().get(TREE_TOKEN) == tree_token:
+            if p.create_time() >= since - 0.02 or p.environ().get(TREE_TOKEN) == tree_token:
                 found.append(p)
         except psutil.Error:
             continue
@@ -190,19 +196,27 @@ def stop_tree(
 
 
 def sweep(pgid: int, known: Iterable[psutil.Process], *, grace_s: float) -> int:
-    """After the leader is gone: stop what is left in its group and escaped descendants."""
+    """After the leader is gone: stop what is left in its group and escaped descendants.
+
+    Returns how many processes were still running. Members that already died
+    are only reaped: as the subreaper we inherit them as zombies, and a group
+    of zombies still "exists" for ``killpg(pgid, 0)``; waiting on it would
+    waste the whole grace period (SGLang's watchdog kills its workers, then
+    itself).
+    """
+    _reap(pgid, known)
     procs = [p for p in known if _alive(p)]
-    group_alive = signal_group(pgid, 0)
-    if not procs and not group_alive:
+    if not procs and not _group_alive(pgid):
         return 0
+    counted = {p.pid for p in procs}
     signal_group(pgid, signal.SIGTERM)
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.terminate()
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and (signal_group(pgid, 0) or any(_alive(p) for p in procs)):
-        _, alive = psutil.wait_procs([p for p in procs if _alive(p)], timeout=0.05)
-        if not alive and not signal_group(pgid, 0):
+    while time.monotonic() < deadline:
+        _reap(pgid, procs)
+        if not _group_alive(pgid) and not any(_alive(p) for p in procs):
             break
         time.sleep(0.02)
     signal_group(pgid, signal.SIGKILL)
@@ -210,16 +224,24 @@ def sweep(pgid: int, known: Iterable[psutil.Process], *, grace_s: float) -> int:
         with contextlib.suppress(psutil.Error):
             p.kill()
     psutil.wait_procs([p for p in procs if _alive(p)], timeout=1.0)
-    _reap_group(pgid)
-    return len(procs)
+    _reap(pgid, procs)
+    return max(len(counted), 1)
 
 
-def _reap_group(pgid: int) -> None:
-    """Collect the exit status of group members that became our children (as a
-    subreaper): otherwise they stay zombies until we exit."""
+def _group_alive(pgid: int) -> bool:
+    _reap(pgid, ())
+    return signal_group(pgid, 0)
+
+
+def _reap(pgid: int, procs: Iterable[psutil.Process]) -> None:
+    """Collect the exit status of our zombie children (group members and
+    escaped workers we adopted as subreaper): otherwise they stay until we exit."""
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-pgid, os.WNOHANG)[0] > 0:
             pass
+    for p in procs:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(p.pid, os.WNOHANG)
 
 
 def _alive(p: psutil.Process) -> bool:

@@ -109,6 +109,10 @@ class ServerProcess:
         self.relay = relay
         self.token = token
         self.known: dict[int, psutil.Process] = {}
+        try:  # what started after this is its tree's, once it is gone
+            self.started = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            self.started = time.time()
 
     @property
     def pid(self) -> int:
@@ -153,7 +157,6 @@ class RealSeams:
         url = urlsplit(plan.base_url)
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or plan.port
-        self.relays: list[OutputRelay] = []
 
     def now(self) -> float:
         return time.monotonic()
@@ -175,7 +178,6 @@ class RealSeams:
             progress=progress,
         )
         relay.start()
-        self.relays.append(relay)
         child = ServerProcess(proc, relay, token)
         threading.Thread(
             target=self._wait, args=(child,), name="infersup-wait", daemon=True
@@ -200,7 +202,7 @@ class RealSeams:
 
     def _probe(self, child: ServerProcess, timeout_s: float, want_progress: bool) -> None:
         if process_stopped(child.pid):  # the kernel still accepts connections for it
-            self.events.put(Probed(child, False, True, "process is stopped", stopped=True))
+            self.events.put(Probed(child, False, False, "process is stopped", stopped=True))
             return
         answer = http_get(self.host, self.port, self.plan.health_path, timeout_s=timeout_s)
         ok = answer.status == 200
@@ -220,12 +222,21 @@ class RealSeams:
 
     def reap(self, child: Any) -> int:
         assert isinstance(child, ServerProcess)
-        leftovers = {p.pid: p for p in adopted(child.token)}
+        leftovers = {p.pid: p for p in adopted(child.token, since=child.started)}
         leftovers.update(child.known)
         swept = sweep(child.pid, leftovers.values(), grace_s=min(self.plan.stop_grace_s, 2.0))
         # the processes holding the pipe are gone: the relay drains to EOF
         child.relay.join(timeout=5.0)
-        if child.proc.stdout is not None:
+        if child.relay.is_alive():
+            # Something we could not stop still holds the pipe. Leave the fd
+            # open: closing it under the reading thread would let the next
+            # server's pipe reuse the number and feed two relays.
+            self.notify(
+                "warning",
+                f"the output pipe of pid {child.pid} is still held open by a process "
+                "infersup could not find; its output is still logged",
+            )
+        elif child.proc.stdout is not None:
             child.proc.stdout.close()
         return swept
 
@@ -280,6 +291,11 @@ def _supervise(
 ) -> RunResult:
     if received:  # Ctrl-C while we were getting ready: start nothing
         raise Interrupted(received[0])
+    # A closed terminal (EIO after a hangup, EPIPE from `| head`) must not cost
+    # the server its graceful stop: reporting never raises into the loop.
+    notify = _never_raises(notify)
+    if on_change is not None:
+        on_change = _never_raises(on_change)
     become_subreaper()
     s = plan.supervise
     log_path = state / "logs" / f"{plan.profile_id}.log"
@@ -323,13 +339,18 @@ def _supervise(
             timeout = IDLE_WAKE_S if wake is None else max(0.0, wake - seams.now())
             with contextlib.suppress(queue.Empty):
                 sup.handle(events.get(timeout=min(timeout, IDLE_WAKE_S)))
+                # everything already queued first: a stop request waiting behind
+                # another event must be seen before a deadline spawns again
+                while True:
+                    sup.handle(events.get_nowait())
             sup.tick()
     finally:
         child = sup.child
         if child is not None:  # only on an internal error: never leave the tree behind
             assert isinstance(child, ServerProcess)
             signal_group(child.pid, signal.SIGKILL)
-            child.proc.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(timeout=10.0)
             seams.reap(child)
         if terminal_sink is not None:
             terminal_sink.close(timeout=5.0)
@@ -356,6 +377,14 @@ def _supervise(
         tail=end.tail[-TAIL_ON_FAILURE:] if (end is not None and failed) else (),
         log_path=None if log.broken else log_path,
     )
+
+
+def _never_raises(report: Callable[..., None]) -> Callable[..., None]:
+    def guarded(*args: Any) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            report(*args)
+
+    return guarded
 
 
 _LEVELS = {

@@ -47,6 +47,9 @@ START_PROBE_FIRST_S = 0.01  # first readiness probe interval
 START_PROBE_MAX_S = 0.05  # readiness probes never further apart than this
 START_PROBE_TIMEOUT_S = 2.0  # a loopback probe slower than this counts as "no answer"
 TAIL_LINES = 200  # lines handed to the classifier
+# A process that outlives SIGKILL this long is in uninterruptible sleep (a
+# wedged driver): report it and stop waiting, rather than hang in STOPPING.
+KILL_WAIT_S = 10.0
 
 
 class Child(Protocol):
@@ -175,6 +178,7 @@ class Supervisor:
         self._stopping_for = "stop"
         self._pending_cause: ExitCause | None = None
         self._kill_at: float | None = None
+        self._abandon_at: float | None = None
         self._backoff_until: float | None = None
 
     # -- queries ---------------------------------------------------------------
@@ -189,7 +193,7 @@ class Supervisor:
 
     def next_wakeup(self) -> float | None:
         """The earliest monotonic time ``tick`` has something to do."""
-        times = [self._kill_at, self._backoff_until]
+        times = [self._kill_at, self._abandon_at, self._backoff_until]
         if not self._probing:
             times.append(self._probe_due)
         if self.state is State.STARTING:
@@ -237,6 +241,16 @@ class Supervisor:
                     f"server did not stop within {self.settings.stop_grace_s:g}s; sent SIGKILL",
                 )
                 self.seams.signal(child, signal.SIGKILL)
+                self._abandon_at = now + KILL_WAIT_S
+        if self._abandon_at is not None and now >= self._abandon_at and child is not None:
+            self._abandon_at = None
+            self._message(
+                "error",
+                f"server pid {child.pid} did not exit {KILL_WAIT_S:g}s after SIGKILL "
+                "(uninterruptible sleep: a hung driver or file system?); giving up on it",
+            )
+            self._exited(child, -signal.SIGKILL)
+            return
         if self.state is State.BACKOFF and self._backoff_until is not None:
             if now >= self._backoff_until:
                 self._backoff_until = None
@@ -331,6 +345,8 @@ class Supervisor:
             line = self.plan.ready_line
             if ev.ok and (line is None or ev.child.seen(line)):
                 self._ready_at = now
+                # progress is measured from here: start-up output is not "busy"
+                self._last_output = self._activity_at(ev.child)
                 self._probe_due = now + self.settings.health_interval_s
                 took = now - self._spawned_at
                 self._set(State.READY, f"{self.plan.health_path} answered 200 after {took:.2f}s")
@@ -401,6 +417,7 @@ class Supervisor:
         if ev.force and self.child is not None:
             self._killed = True
             self._kill_at = None
+            self._abandon_at = self.seams.now() + KILL_WAIT_S
             self.seams.signal(self.child, signal.SIGKILL)
         if self.state is State.BACKOFF:
             self._backoff_until = None
@@ -421,6 +438,7 @@ class Supervisor:
         ready_for = None if self._ready_at is None else now - self._ready_at
         self.child = None
         self._kill_at = None
+        self._abandon_at = None
         self._probe_due = None
         self._probing = False
         tail = tuple(child.tail(TAIL_LINES))
