@@ -214,11 +214,13 @@ def sweep(pgid: int, known: Iterable[psutil.Process], *, grace_s: float) -> int:
         with contextlib.suppress(psutil.Error):
             p.terminate()
     deadline = time.monotonic() + grace_s
+    pause = 0.001  # most trees are gone within a millisecond of TERM: look again soon
     while time.monotonic() < deadline:
         _reap(pgid, procs)
         if not _group_alive(pgid) and not any(_alive(p) for p in procs):
             break
-        time.sleep(0.02)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
     signal_group(pgid, signal.SIGKILL)
     for p in procs:
         with contextlib.suppress(psutil.Error):
