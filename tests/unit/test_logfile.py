@@ -404,3 +404,29 @@ def test_follow_rereads_a_file_truncated_in_place(tmp_path: Path) -> None:
     path.write_bytes(b"x" * 100)
     stop = scripted_stop(lambda: path.write_bytes(b"fresh\n"), lambda: None)  # same inode
     assert b"".join(follow(path, stop=stop, poll_s=0.001)) == b"fresh\n"
+
+
+def test_follow_loses_nothing_when_many_rotations_pass_between_polls(tmp_path: Path) -> None:
+    """A rotation renames files one by one: a follower that looks mid-rotation,
+    or is several rotations behind, must still read every file in order."""
+    path = tmp_path / "many.log"
+    log = RotatingLog(path, max_bytes=4096, backups=100_000, on_warning=lambda m: None)
+    log.write(b"line 0000000\n")
+    done = threading.Event()
+    total = 30_000
+
+    def writer() -> None:
+        for i in range(1, total):
+            log.write(b"line %07d\n" % i)
+        done.set()
+
+    got = bytearray()
+    follower = follow(path, stop=done.is_set, poll_s=0.01, since=read_tail_at(path, 0)[1])
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    for chunk in follower:
+        got += chunk
+    thread.join(30)
+    log.close()
+    numbers = [int(line.split()[1]) for line in bytes(got).splitlines()]
+    assert numbers == list(range(1, total))

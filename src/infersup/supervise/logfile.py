@@ -134,9 +134,15 @@ class RotatingLog(Sink):
     def _rotate(self) -> None:
         self._close()
         if self.backups:
-            for n in range(self.backups - 1, 0, -1):
-                older = _numbered(self.path, n)
-                if older.exists():
+            # only the files that exist, oldest first: one directory listing,
+            # not a stat per possible number (log_backups may be large)
+            for older in log_files(self.path):
+                if older == self.path:
+                    continue
+                n = int(older.name.rsplit(".", 1)[1])
+                if n >= self.backups:
+                    older.unlink(missing_ok=True)
+                else:
                     os.replace(older, _numbered(self.path, n + 1))
             os.replace(self.path, _numbered(self.path, 1))
         else:
@@ -368,12 +374,16 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def _index_of(path: Path, file_id: tuple[int, int]) -> int | None:
-    """0 if ``file_id`` is ``path``, k if it is ``path.k``, None if it is gone."""
-    k = 0
-    while (found := _identity(_numbered(path, k) if k else path)) is not None or k == 0:
-        if found == file_id:
-            return k
-        k += 1
+    """0 if ``file_id`` is ``path``, k if it is ``path.k``, None if no name has it.
+
+    Every numbered file is looked at: a rotation renames them one at a time,
+    so the numbering can have a gap for a moment.
+    """
+    if _identity(path) == file_id:
+        return 0
+    for candidate in log_files(path):
+        if candidate != path and _identity(candidate) == file_id:
+            return int(candidate.name.rsplit(".", 1)[1])
     return None
 
 
@@ -412,6 +422,8 @@ def _successor(path: Path, current: _Open) -> _Open | None:
             os.lseek(fd, 0, os.SEEK_SET)
         return None
     k = _index_of(path, (dev, ino))
+    if k is None and os.fstat(fd).st_nlink > 0:
+        return None  # between two renames of a rotation: look again next time
     newer = path if k is None or k <= 1 else _numbered(path, k - 1)
     opened = _open_at(newer, 0)
     if opened is not None and k is not None and _identity(_numbered(path, k)) != (dev, ino):
