@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from infersup.profiles.catalog import Catalog
     from infersup.profiles.schema import Profile
     from infersup.servers import ServerProgram
+    from infersup.supervise.runner import StopSignals
     from infersup.supervise.runtime import Lease, StateRecord
     from infersup.supervise.supervisor import Supervisor
 
@@ -306,6 +307,7 @@ def run(
     """
     from infersup.models import require_model
     from infersup.supervise.preflight import check_port_free
+    from infersup.supervise.runner import Interrupted, StopSignals
     from infersup.supervise.runtime import Lease
 
     console = _err_console()
@@ -319,17 +321,25 @@ def run(
         if detach:
             _detach(profile_id, profiles, models_dir, server_bin, python, console)
             return
-        lease = Lease(profile_id, on_warning=lambda m: notify("warning", m))
-        for message in lease.acquire():  # refuses a second run; cleans up after a killed one
-            notify("warning", message)
-        try:
-            check_port_free(plan.host, plan.port)
-        except InfersupError:
-            lease.release()
-            raise
     except InfersupError as exc:
         _fail(exc)
-    _supervise_in_foreground(plan, lease, quiet, notify, console)
+    # From here a stop request is an event, also while the lease is taken and
+    # a killed predecessor's leftovers are cleaned up: never lost, never fatal.
+    with StopSignals() as signals:
+        lease = Lease(profile_id, on_warning=lambda m: notify("warning", m))
+        try:
+            for message in lease.acquire():  # refuses a second run; cleans up after a killed one
+                notify("warning", message)
+            try:
+                if signals.received:
+                    raise Interrupted(signals.received[0])
+                check_port_free(plan.host, plan.port)
+            except InfersupError as exc:
+                lease.release(error=exc)
+                raise
+        except InfersupError as exc:
+            _fail(exc)
+        _supervise_in_foreground(plan, lease, quiet, notify, console, signals)
 
 
 def _notifier(console: Console) -> Callable[[str, str], None]:
@@ -349,6 +359,7 @@ def _supervise_in_foreground(
     quiet: bool,
     notify: Callable[[str, str], None],
     console: Console,
+    signals: StopSignals,
 ) -> NoReturn:
     from infersup.supervise.runner import state_dir, supervise
 
@@ -366,6 +377,7 @@ def _supervise_in_foreground(
             state=state_dir(),
             on_change=recorder.update,
             tree_token=lease.new_tree_token,
+            signals=signals,
         )
     except InfersupError as exc:
         lease.release(error=exc)
@@ -439,6 +451,9 @@ class _Recorder:
 ENV_DETACHED = "INFERSUP_DETACHED"
 
 
+DETACH_WAIT_S = 120.0  # how long `run -d` waits for READY before leaving it to `status`
+
+
 def _detach(
     profile_id: str,
     profiles: list[str] | None,
@@ -447,12 +462,38 @@ def _detach(
     python: str | None,
     console: Console,
 ) -> None:
-    """Start `infersup run ID --quiet` in its own session; return once it holds the profile."""
+    """Start `infersup run ID --quiet` in its own session; report how its start went.
+
+    Returns once the server is READY (exit 0), or fails with the supervisor's
+    own report when it ends first (a bad flag is FATAL in milliseconds). A
+    start still going after DETACH_WAIT_S is left running, with a pointer to
+    `status`.
+    """
     import subprocess
     import time
 
     from infersup.supervise.runner import state_dir
-    from infersup.supervise.runtime import live_supervisor, read_record
+    from infersup.supervise.runtime import (
+        AlreadyRunning,
+        live_supervisor,
+        read_record,
+        runtime_dir,
+    )
+
+    # Refuse what the background run would refuse, here where the user sees it.
+    root = runtime_dir()
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK | os.X_OK) or not root.is_dir():
+            raise PermissionError(13, "not a writable directory")
+    except OSError as exc:
+        raise InfersupError(
+            f"--detach needs a usable runtime dir; {root}: {exc.strerror or exc}",
+            hint="set INFERSUP_RUNTIME_DIR to a private directory, or run in the foreground",
+        ) from None
+    holder = live_supervisor(profile_id)
+    if holder is not None:
+        raise AlreadyRunning(profile_id, holder, read_record(profile_id))
 
     argv = [sys.executable, "-m", "infersup", "run", profile_id, "--quiet"]
     for path in profiles or ():
@@ -466,6 +507,7 @@ def _detach(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         sink = out.open("ab")
+        offset = sink.tell()  # this run's messages start here
     except OSError as exc:
         raise InfersupError(f"cannot write {out}: {exc.strerror or exc}") from None
     with sink:
@@ -477,41 +519,43 @@ def _detach(
             start_new_session=True,
             env={**os.environ, ENV_DETACHED: "1", "COLUMNS": "200"},
         )
-    deadline = time.monotonic() + 30.0
+
+    def said() -> list[str]:
+        with out.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace").splitlines()
+
+    def show(lines: list[str]) -> None:
+        console.print("\n".join(lines), markup=False, highlight=False)
+
+    deadline = time.monotonic() + DETACH_WAIT_S
+    record = None
     while time.monotonic() < deadline:
-        record = read_record(profile_id)
-        holder = live_supervisor(profile_id)
-        if (
-            record is not None
-            and holder is not None
-            and holder.pid == proc.pid
-            and record.supervisor.pid == proc.pid
-            and record.server is not None
-        ):
-            console.print(
-                f"infersup: {profile_id} started in the background (supervisor pid {proc.pid}, "
-                f"server pid {record.server.pid}, {record.state})",
-                markup=False,
-                highlight=False,
+        if proc.poll() is not None:
+            show(said()[-25:])
+            raise InfersupError(
+                f"{profile_id} did not start in the background (status {proc.returncode})",
+                hint=f"its output: {out}",
             )
+        record = read_record(profile_id)
+        if record is not None and record.supervisor.pid == proc.pid and record.state == "READY":
+            show([line for line in said() if "is ready at" in line])
+            server = record.server.pid if record.server else "-"
             console.print(
-                f"  follow it: infersup status {profile_id} | infersup logs -f {profile_id} | "
-                f"infersup stop {profile_id}",
+                f"infersup: {profile_id} runs in the background (supervisor pid {proc.pid}, "
+                f"server pid {server})\n  follow it: infersup status {profile_id} | "
+                f"infersup logs -f {profile_id} | infersup stop {profile_id}",
                 markup=False,
                 highlight=False,
             )
             return
-        if proc.poll() is not None:
-            tail = out.read_text("utf-8", errors="replace").splitlines()[-15:]
-            raise InfersupError(
-                f"{profile_id} failed to start in the background (status {proc.returncode}):\n  "
-                + "\n  ".join(tail),
-                hint=f"full output: {out}",
-            )
         time.sleep(0.05)
-    raise InfersupError(
-        f"the background supervisor for {profile_id} (pid {proc.pid}) did not report within 30s",
-        hint=f"see {out}; `infersup stop {profile_id}` stops it",
+    state = record.state if record is not None and record.supervisor.pid == proc.pid else "?"
+    console.print(
+        f"infersup: {profile_id} is still {state} after {DETACH_WAIT_S:g}s; it goes on in the "
+        f"background (supervisor pid {proc.pid}): infersup status {profile_id}",
+        markup=False,
+        highlight=False,
     )
 
 
@@ -617,7 +661,7 @@ def logs(
         int, typer.Option("--lines", "-n", metavar="N", help="Lines to show first.", min=0)
     ] = 50,
 ) -> None:
-    """Print a profile's server log (across rotated files); -f follows it like `tail -F`."""
+    """Print a profile's server log (across rotated files); -f follows it until the run ends."""
     from infersup.supervise.logfile import follow as follow_log
     from infersup.supervise.logfile import log_files, read_tail_at
     from infersup.supervise.runner import state_dir

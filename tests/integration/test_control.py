@@ -46,7 +46,7 @@ def test_detach_then_status_logs_and_stop(tmp_path: Path) -> None:
     try:
         started = infersup("run", "bg", "--detach", *common, env=env)
         assert started.returncode == 0, started.stderr
-        assert "started in the background" in started.stderr
+        assert "runs in the background" in started.stderr
         supervisor = int(started.stderr.split("supervisor pid ")[1].split(",")[0])
 
         deadline = time.monotonic() + 30
@@ -104,3 +104,63 @@ def test_status_and_stop_of_a_profile_never_run(tmp_path: Path) -> None:
     assert stop.returncode == 1 and "error:" in stop.stderr
     logs = infersup("logs", "nothing", env=env)
     assert logs.returncode == 1 and "no log for 'nothing'" in logs.stderr
+
+
+def _profile(tmp_path: Path, name: str, extra: str = "") -> tuple[Path, int]:
+    port = free_port()
+    profiles = tmp_path / "profiles"
+    profiles.mkdir(exist_ok=True)
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    (profiles / f"{name}.yaml").write_text(
+        f"backend: llama.cpp\nmodel: {model}\nport: {port}\n{extra}"
+    )
+    return profiles, port
+
+
+def test_detach_reports_a_start_that_fails_at_once(tmp_path: Path) -> None:
+    profiles, _ = _profile(tmp_path, "dud", "supervise: {restart: never}\n")
+    mark = f"control-{time.monotonic_ns()}"
+    env = {
+        **os.environ,
+        TEST_MARK: mark,
+        "MISBEHAVE_MODE": "crash-before-ready",
+        "MISBEHAVE_MAX_S": "60",
+    }
+    try:
+        t0 = time.monotonic()
+        started = infersup(
+            "run", "dud", "-d", "-p", str(profiles), "--server-bin", MISBEHAVE, env=env
+        )
+        assert started.returncode == 1, started.stderr
+        assert time.monotonic() - t0 < 20
+        assert "dud did not start in the background" in started.stderr
+        assert "FATAL: exit status 1" in started.stderr  # the background run's own report
+        assert "runs in the background" not in started.stderr
+    finally:
+        leftovers = marked_processes(mark)
+        for proc in leftovers:
+            proc.send_signal(signal.SIGKILL)
+        assert not leftovers
+
+
+def test_detach_of_a_running_profile_is_refused_before_spawning(tmp_path: Path) -> None:
+    profiles, port = _profile(tmp_path, "twice")
+    mark = f"control-{time.monotonic_ns()}"
+    env = {**os.environ, TEST_MARK: mark, "MISBEHAVE_MAX_S": "60"}
+    common = ("-p", str(profiles), "--server-bin", MISBEHAVE)
+    try:
+        first = infersup("run", "twice", "-d", *common, env=env)
+        assert first.returncode == 0, first.stderr
+        assert f"twice is ready at http://127.0.0.1:{port}" in first.stderr
+        before = {p.pid for p in marked_processes(mark)}
+        second = infersup("run", "twice", "-d", *common, env=env)
+        assert second.returncode == 1
+        assert "already running" in second.stderr
+        assert {p.pid for p in marked_processes(mark)} == before  # nothing new was started
+        assert infersup("stop", "twice", env=env).returncode == 0
+    finally:
+        leftovers = marked_processes(mark)
+        for proc in leftovers:
+            proc.send_signal(signal.SIGKILL)
+        assert not leftovers

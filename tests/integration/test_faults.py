@@ -573,9 +573,25 @@ def test_row17_unwritable_log_dir_is_one_warning(mis: Misbehave) -> None:
     run = mis("nolog", "normal")
     run.wait_ready()
     assert stop(run) == 130
-    warnings = [line for line in run.err_text().splitlines() if "nolog.log" in line]
+    warnings = [line for line in run.err_text().splitlines() if "cannot" in line]
     assert len(warnings) == 1, run.err_text()
+    assert "exists and is not a directory" in warnings[0]
     assert b"listening on" in run.stdout.read_bytes()  # the terminal still got everything
+
+
+def test_row17_full_disk_is_one_warning(mis: Misbehave) -> None:
+    logs = Path(os.environ["INFERSUP_STATE_DIR"]) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / "full.log").symlink_to("/dev/full")  # every write: ENOSPC
+    run = mis("full", "normal")
+    run.wait_ready()
+    assert stop(run) == 130
+    warnings = [line for line in run.err_text().splitlines() if "warning" in line.lower()]
+    cannot = [line for line in run.err_text().splitlines() if "cannot" in line]
+    assert len(cannot) == 1 and "No space left on device" in cannot[0], run.err_text()
+    assert len(warnings) <= 1
+    assert b"listening on" in run.stdout.read_bytes()  # the terminal still got everything
+    assert states(run, "full") == ["STARTING", "READY", "STOPPING", "STOPPED"]
 
 
 def test_row18_log_rotates_and_nothing_is_lost(mis: Misbehave) -> None:

@@ -416,3 +416,44 @@ def test_probe_deadline_covers_a_trickling_server() -> None:
         done.set()
     assert (answer.status, answer.detail) == (None, "no answer within 0.5s")
     assert took < 1.5
+
+
+def test_a_repeated_sigterm_keeps_the_grace_period(tmp_path: Path) -> None:
+    """A second `infersup stop` (or a service manager repeating TERM) is not a
+    second Ctrl-C: the stop under way keeps its grace period."""
+    plan = plan_for(
+        tmp_path,
+        """
+        signal.signal(signal.SIGTERM, lambda *a: open(READY + '.term', 'a').write('x'))
+        ready()
+        while True: time.sleep(1)
+        """,
+        grace=1.0,
+    )
+    when_ready(tmp_path, signal.SIGTERM, signal.SIGTERM, between="ready.term")
+    started = time.monotonic()
+    result, messages = run(tmp_path, plan)
+    assert time.monotonic() - started >= 1.0  # killed when the grace ran out, not before
+    assert (result.exit_code, result.state) == (143, State.STOPPED)
+    assert any("did not stop within 1s; sent SIGKILL" in m for m in messages)
+    assert not any("killing the server now" in m for m in messages)
+
+
+def test_a_stop_requested_before_supervising_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spawned: list[object] = []
+    monkeypatch.setattr(runner, "spawn", lambda *a, **k: spawned.append(a))
+    with runner.StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)  # e.g. while the lease was being taken
+        with pytest.raises(Interrupted) as info:
+            supervise(
+                plan_for(tmp_path, "pass\n"),
+                env={},
+                terminal=None,
+                notify=lambda *a: None,
+                state=tmp_path / "state",
+                signals=signals,
+            )
+    assert info.value.exit_code == 143 and spawned == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored

@@ -545,6 +545,8 @@ def test_ctrl_c_while_starting_stops_once_and_exits_130() -> None:
     assert sup.state is S.STOPPING
     assert [s[2] for s in seams.signals] == [signal.SIGINT, signal.SIGCONT]
     sup.handle(StopRequested("received SIGTERM", signal.SIGTERM))  # a second stop: no-op
+    # (no second TERM: llama-server answers one with "terminating immediately", exit 1)
+    assert [s[2] for s in seams.signals] == [signal.SIGINT, signal.SIGCONT]
     sup.handle(Exited(seams.children[0], 0))
     advance(sup, seams, seams.t + 100.0)
     assert states(sup)[-1] == (S.STOPPING, S.STOPPED)

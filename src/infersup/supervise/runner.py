@@ -241,6 +241,37 @@ class RealSeams:
         return swept
 
 
+class StopSignals:
+    """SIGINT/SIGTERM/SIGHUP turned into ``StopRequested`` events, from the moment
+    ``infersup run`` starts (a stop that arrives while it takes the lease or
+    cleans up after a killed predecessor is kept, not lost or fatal).
+
+    A second Ctrl-C means "now": the server is SIGKILLed. A repeated SIGTERM or
+    SIGHUP (a second `infersup stop`, a service manager) does not escalate:
+    the stop under way keeps its grace period.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in FORWARDED}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.received.append(signum)
+        name = signal.Signals(signum).name
+        force = signum == signal.SIGINT and self.received.count(signal.SIGINT) > 1
+        reason = f"received {name}" + (" again: killing the server now" if force else "")
+        self.events.put(StopRequested(reason, signum, force))
+
+
 def supervise(
     plan: LaunchPlan,
     *,
@@ -250,32 +281,20 @@ def supervise(
     state: Path,
     on_change: OnChange | None = None,
     tree_token: Callable[[], str] | None = None,
+    signals: StopSignals | None = None,
 ) -> RunResult:
     """Run ``plan`` under a supervisor until it is STOPPED or FATAL.
 
     ``tree_token`` makes the value that marks each server's process tree in its
     environment (the runtime lease's, so a later run can find the workers of
-    a supervisor that was SIGKILLed).
+    a supervisor that was SIGKILLed). ``signals``: handlers the caller
+    installed earlier; without it they are installed here.
     """
-    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-    received: list[int] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
-        name = signal.Signals(signum).name
-        force = len(received) > 1
-        reason = f"received {name}" + (" again: killing the server now" if force else "")
-        events.put(StopRequested(reason, signum, force))
-
+    if signals is not None:
+        return _supervise(plan, env, terminal, notify, state, signals, on_change, tree_token)
     # Handlers first: a Ctrl-C right after spawn must not orphan the server.
-    previous = {sig: signal.signal(sig, on_signal) for sig in FORWARDED}
-    try:
-        return _supervise(
-            plan, env, terminal, notify, state, events, received, on_change, tree_token
-        )
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with StopSignals() as own:
+        return _supervise(plan, env, terminal, notify, state, own, on_change, tree_token)
 
 
 def _supervise(
@@ -284,13 +303,13 @@ def _supervise(
     terminal: BinaryIO | None,
     notify: Notify,
     state: Path,
-    events: queue.SimpleQueue[Event],
-    received: list[int],
+    signals: StopSignals,
     on_change: OnChange | None,
     tree_token: Callable[[], str] | None,
 ) -> RunResult:
-    if received:  # Ctrl-C while we were getting ready: start nothing
-        raise Interrupted(received[0])
+    if signals.received:  # Ctrl-C while we were getting ready: start nothing
+        raise Interrupted(signals.received[0])
+    events = signals.events
     # A closed terminal (EIO after a hangup, EPIPE from `| head`) must not cost
     # the server its graceful stop: reporting never raises into the loop.
     notify = _never_raises(notify)
@@ -310,10 +329,23 @@ def _supervise(
         terminal_sink = QueuedSink(
             "the terminal", terminal, on_error=lambda m: notify("warning", m)
         )
+    journal = _Journal(state, plan, notify)
     sinks: list[Sink] = [log]
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # one warning for the directory, not one per file that cannot be written in it
+        why = "exists and is not a directory" if log_path.parent.exists() else exc.strerror
+        notify(
+            "warning",
+            f"cannot keep logs in {log_path.parent} ({why}): server output goes to the "
+            "terminal only, and transitions are not recorded",
+        )
+        log.broken = str(why)
+        journal.warned = True
+        sinks = []
     if terminal_sink is not None:
         sinks.append(terminal_sink)
-    journal = _Journal(state, plan, notify)
     seams = RealSeams(plan, env, sinks, events, notify, tree_token)
 
     def transition(t: Transition, sup: Supervisor) -> None:
