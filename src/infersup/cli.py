@@ -569,9 +569,15 @@ def status(
     """Show supervised servers: state, pids, port, uptime, restarts, last exit cause."""
     import dataclasses
 
-    from infersup.supervise.runtime import status_rows
+    from infersup.supervise.runtime import runtime_dir, status_rows
 
     try:
+        root = runtime_dir()
+        if root.exists() and not root.is_dir():
+            raise InfersupError(
+                f"the runtime dir {root} is not a directory",
+                hint="set INFERSUP_RUNTIME_DIR (or XDG_RUNTIME_DIR) to a private directory",
+            )
         rows = status_rows(profile_id)
     except InfersupError as exc:
         _fail(exc)

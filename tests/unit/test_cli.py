@@ -192,3 +192,14 @@ def test_list_flags_a_profile_naming_a_later_shard(
     )
     # not a shard name: one file, and it is missing
     assert (rows["zero"]["present"], rows["zero"]["shards"]) == (False, 1)
+
+
+def test_status_with_a_runtime_dir_that_is_a_file_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bogus = tmp_path / "runtime"
+    bogus.write_text("not a directory\n")
+    monkeypatch.setenv("INFERSUP_RUNTIME_DIR", str(bogus))
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 1
+    assert f"the runtime dir {bogus} is not a directory" in result.output
