@@ -12,12 +12,20 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from infersup.supervise.process import describe_returncode, exit_status, spawn, stop_tree
+from infersup.supervise.process import (
+    adopted,
+    become_subreaper,
+    describe_returncode,
+    exit_status,
+    spawn,
+    sweep,
+)
 from infersup.supervise.relay import Tail
 
 pytestmark = pytest.mark.timeout(30)
@@ -49,36 +57,22 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_graceful_child_exits_on_term_without_kill(tmp_path: Path) -> None:
-    proc, _ = start_child(
-        tmp_path,
-        """
-        signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-        ready(os.getpid())
-        while True: time.sleep(1)
-        """,
-    )
-    result = stop_tree(proc, grace_s=10)
-    assert (result.returncode, result.escalated, result.swept) == (0, False, 0)
+def kill_leader(proc: subprocess.Popen[bytes]) -> None:
+    """The server itself dies (a crash); what it started is left over."""
+    proc.kill()
+    proc.wait()
 
 
-def test_term_ignored_is_killed_after_grace(tmp_path: Path) -> None:
-    # llama-server with a non-streaming request in flight never exits on TERM
-    proc, _ = start_child(
-        tmp_path,
-        """
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        ready(os.getpid())
-        while True: time.sleep(1)
-        """,
-    )
-    started = time.monotonic()
-    result = stop_tree(proc, grace_s=0.5)
-    assert result.escalated and result.returncode == -signal.SIGKILL
-    assert 0.5 <= time.monotonic() - started < 5
+@pytest.fixture
+def subreaper() -> Iterator[None]:
+    assert become_subreaper()
+    try:
+        yield
+    finally:
+        become_subreaper(False)
 
 
-def test_grandchildren_in_the_group_are_stopped(tmp_path: Path) -> None:
+def test_grandchildren_left_in_the_group_are_swept(tmp_path: Path) -> None:
     # SGLang runs scheduler and detokenizer processes under the launcher
     proc, pids = start_child(
         tmp_path,
@@ -89,25 +83,50 @@ def test_grandchildren_in_the_group_are_stopped(tmp_path: Path) -> None:
         while True: time.sleep(1)
         """,
     )
-    stop_tree(proc, grace_s=5)
+    kill_leader(proc)
+    assert all(alive(pid) for pid in pids[1:])
+    sweep(proc.pid, [], grace_s=5)  # found through the group alone
     assert not any(alive(pid) for pid in pids)
 
 
-def test_escaped_grandchild_is_found_by_the_sweep(tmp_path: Path) -> None:
+def test_escaped_grandchild_is_adopted_and_swept(tmp_path: Path, subreaper: None) -> None:
     proc, pids = start_child(
         tmp_path,
         """
         kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],
-                               start_new_session=True)
+                               start_new_session=True, env={})  # no tree token either
         ready(os.getpid(), kid.pid)
         while True: time.sleep(1)
         """,
     )
     escaped = pids[1]
     assert os.getpgid(escaped) != proc.pid
-    result = stop_tree(proc, grace_s=5)
-    assert result.swept == 1
+    started = psutil.Process(proc.pid).create_time()
+    kill_leader(proc)
+    found = adopted("no-such-token", since=started)
+    assert [p.pid for p in found] == [escaped]  # our child now, found by its start time
+    assert sweep(proc.pid, found, grace_s=5) == 1
     assert not alive(escaped)
+
+
+def test_a_group_of_zombies_is_not_waited_for(tmp_path: Path, subreaper: None) -> None:
+    """SGLang's watchdog kills its workers, then itself: nothing is left to
+    stop, and the sweep must not spend its grace period on the zombies."""
+    proc, pids = start_child(
+        tmp_path,
+        """
+        kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
+                for _ in range(2)]
+        ready(os.getpid(), *[k.pid for k in kids])
+        while True: time.sleep(1)
+        """,
+    )
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    t0 = time.monotonic()
+    assert sweep(proc.pid, [], grace_s=5) == 0
+    assert time.monotonic() - t0 < 1.0
+    assert not any(alive(pid) for pid in pids)
 
 
 def test_exit_status_and_description() -> None:
@@ -124,18 +143,3 @@ def test_tail_is_bounded_and_keeps_bad_utf8() -> None:
     lines = tail.text()
     assert lines[:2] == ["three", "\ufffd\ufffdbad"]
     assert len(lines) == 3 and len(lines[2]) <= 64 * 1024
-
-
-def test_already_signalled_goes_straight_to_kill(tmp_path: Path) -> None:
-    marker = tmp_path / "got-term"
-    proc, _ = start_child(
-        tmp_path,
-        f"""
-        signal.signal(signal.SIGTERM, lambda *a: open({str(marker)!r}, "w").close())
-        ready(os.getpid())
-        while True: time.sleep(1)
-        """,
-    )
-    result = stop_tree(proc, grace_s=10, first_signal=None)
-    assert result.escalated and result.returncode == -signal.SIGKILL
-    assert not marker.exists()

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import psutil
 
@@ -160,45 +159,10 @@ def adopted(tree_token: str, *, since: float) -> list[psutil.Process]:
     return found
 
 
-@dataclass(frozen=True)
-class StopResult:
-    returncode: int
-    escalated: bool  # the grace period ran out and SIGKILL was sent
-    swept: int  # descendants still alive after the main process ended
-
-
-def stop_tree(
-    proc: subprocess.Popen[bytes],
-    *,
-    grace_s: float,
-    first_signal: int | None = signal.SIGTERM,
-    known: Sequence[psutil.Process] = (),
-) -> StopResult:
-    """Stop the process and everything it started; never leaves the tree behind.
-
-    ``first_signal=None`` means the caller already signalled and waited: go
-    straight to SIGKILL. (A second TERM is not harmless: llama-server answers
-    it with "terminating immediately" and exit 1, hiding that it hung.)
-    """
-    pgid = proc.pid  # start_new_session: the pgid is the leader's pid
-    tree = {p.pid: p for p in (*known, *descendants(proc.pid))}
-    escalated = False
-    if proc.poll() is None and first_signal is not None:
-        signal_group(pgid, first_signal)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-    if proc.poll() is None:
-        escalated = True
-        signal_group(pgid, signal.SIGKILL)
-        proc.wait()
-    swept = sweep(pgid, tree.values(), grace_s=min(grace_s, 2.0))
-    return StopResult(proc.returncode, escalated, swept)
-
-
 def sweep(pgid: int, known: Iterable[psutil.Process], *, grace_s: float) -> int:
     """After the leader is gone: stop what is left in its group and escaped descendants.
 
-    Returns how many processes were still running. Members that already died
+    Returns how many of ``known`` were still running. Members that already died
     are only reaped: as the subreaper we inherit them as zombies, and a group
     of zombies still "exists" for ``killpg(pgid, 0)``; waiting on it would
     waste the whole grace period (SGLang's watchdog kills its workers, then
@@ -227,7 +191,7 @@ def sweep(pgid: int, known: Iterable[psutil.Process], *, grace_s: float) -> int:
             p.kill()
     psutil.wait_procs([p for p in procs if _alive(p)], timeout=1.0)
     _reap(pgid, procs)
-    return max(len(counted), 1)
+    return len(counted)
 
 
 def _group_alive(pgid: int) -> bool:
