@@ -29,8 +29,7 @@ if TYPE_CHECKING:
     from infersup.profiles.schema import Profile
     from infersup.servers import ServerProgram
     from infersup.supervise.runner import StopSignals
-    from infersup.supervise.runtime import Lease, StateRecord
-    from infersup.supervise.supervisor import Supervisor
+    from infersup.supervise.runtime import Lease
 
 app = typer.Typer(
     name="infersup",
@@ -361,13 +360,14 @@ def _supervise_in_foreground(
     console: Console,
     signals: StopSignals,
 ) -> NoReturn:
+    from infersup.supervise.control import Recorder
     from infersup.supervise.runner import state_dir, supervise
 
     notify("info", "running: " + shlex.join(plan.argv))
     for note in plan.notes:
         notify("warning", f"note: {note}")
     env = {**os.environ, **plan.env}
-    recorder = _Recorder(plan, lease)
+    recorder = Recorder(plan, lease)
     try:
         result = supervise(
             plan,
@@ -385,7 +385,7 @@ def _supervise_in_foreground(
     except BaseException as exc:
         lease.release(error=exc)
         raise
-    lease.release(recorder.final())
+    lease.release(recorder.record)
     if result.failed:
         if result.tail:
             console.print("[bold]last server output:[/]")
@@ -396,64 +396,6 @@ def _supervise_in_foreground(
     raise typer.Exit(result.exit_code)
 
 
-class _Recorder:
-    """Turns the supervisor's state into the runtime record `status` and `stop` read."""
-
-    def __init__(self, plan: LaunchPlan, lease: Lease) -> None:
-        import time
-
-        from infersup.supervise.runner import state_dir
-
-        self.plan = plan
-        self.lease = lease
-        self.started_at = time.time()
-        self.log_path = str(state_dir() / "logs" / f"{plan.profile_id}.log")
-        self.record: object = None
-
-    def update(self, sup: Supervisor) -> None:
-        from infersup.supervise.runner import ServerProcess
-        from infersup.supervise.runtime import ProcRef, StateRecord
-
-        child = sup.child
-        server = ProcRef.of(child.pid) if child is not None else None
-        last = sup.history[-1]
-        ready_at = None
-        if sup.ready_at is not None:
-            ready_at = last.wall - (last.at - sup.ready_at)
-        record = StateRecord(
-            profile=self.plan.profile_id,
-            state=sup.state.value,
-            reason=last.reason,
-            supervisor=self.lease.supervisor,
-            server=server,
-            pgid=child.pid if child is not None else None,
-            host=self.plan.host,
-            port=self.plan.port,
-            base_url=self.plan.base_url,
-            since=last.wall,
-            started_at=self.started_at,
-            ready_at=ready_at,
-            restarts=sup.restarts,
-            last_cause=sup.last_cause.summary if sup.last_cause else None,
-            log_path=self.log_path,
-            detached=os.environ.get(ENV_DETACHED) == "1",
-            tree_token=child.token if isinstance(child, ServerProcess) else None,
-        )
-        self.record = record
-        self.lease.write(record)
-
-    def final(self) -> StateRecord | None:
-        from infersup.supervise.runtime import StateRecord
-
-        return self.record if isinstance(self.record, StateRecord) else None
-
-
-ENV_DETACHED = "INFERSUP_DETACHED"
-
-
-DETACH_WAIT_S = 120.0  # how long `run -d` waits for READY before leaving it to `status`
-
-
 def _detach(
     profile_id: str,
     profiles: list[str] | None,
@@ -462,100 +404,45 @@ def _detach(
     python: str | None,
     console: Console,
 ) -> None:
-    """Start `infersup run ID --quiet` in its own session; report how its start went.
+    """`run --detach`: report the background start, READY or its failure."""
+    from infersup.supervise.control import DETACH_WAIT_S, start_detached
 
-    Returns once the server is READY (exit 0), or fails with the supervisor's
-    own report when it ends first (a bad flag is FATAL in milliseconds). A
-    start still going after DETACH_WAIT_S is left running, with a pointer to
-    `status`.
-    """
-    import subprocess
-    import time
-
-    from infersup.supervise.runner import state_dir
-    from infersup.supervise.runtime import (
-        AlreadyRunning,
-        live_supervisor,
-        read_record,
-        runtime_dir,
-    )
-
-    # Refuse what the background run would refuse, here where the user sees it.
-    root = runtime_dir()
-    try:
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not os.access(root, os.W_OK | os.X_OK) or not root.is_dir():
-            raise PermissionError(13, "not a writable directory")
-    except OSError as exc:
-        raise InfersupError(
-            f"--detach needs a usable runtime dir; {root}: {exc.strerror or exc}",
-            hint="set INFERSUP_RUNTIME_DIR to a private directory, or run in the foreground",
-        ) from None
-    holder = live_supervisor(profile_id)
-    if holder is not None:
-        raise AlreadyRunning(profile_id, holder, read_record(profile_id))
-
-    argv = [sys.executable, "-m", "infersup", "run", profile_id, "--quiet"]
+    run_args: list[str] = []
     for path in profiles or ():
-        argv += ["--profiles", path]
+        run_args += ["--profiles", path]
     for flag, value in (("--models-dir", models_dir), ("--server-bin", server_bin)):
         if value:
-            argv += [flag, value]
+            run_args += [flag, value]
     if python:
-        argv += ["--python", python]
-    out = state_dir() / "logs" / f"{profile_id}.supervisor.log"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        sink = out.open("ab")
-        offset = sink.tell()  # this run's messages start here
-    except OSError as exc:
-        raise InfersupError(f"cannot write {out}: {exc.strerror or exc}") from None
-    with sink:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=sink,
-            start_new_session=True,
-            env={**os.environ, ENV_DETACHED: "1", "COLUMNS": "200"},
+        run_args += ["--python", python]
+    started = start_detached(profile_id, run_args)
+
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
+    if started.outcome == "failed":
+        say("\n".join(started.output[-25:]))
+        raise InfersupError(
+            f"{profile_id} did not start in the background (status {started.returncode})",
+            hint=f"its output: {started.output_path}",
         )
-
-    def said() -> list[str]:
-        with out.open("rb") as f:
-            f.seek(offset)
-            return f.read().decode("utf-8", "replace").splitlines()
-
-    def show(lines: list[str]) -> None:
-        console.print("\n".join(lines), markup=False, highlight=False)
-
-    deadline = time.monotonic() + DETACH_WAIT_S
-    record = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            show(said()[-25:])
-            raise InfersupError(
-                f"{profile_id} did not start in the background (status {proc.returncode})",
-                hint=f"its output: {out}",
-            )
-        record = read_record(profile_id)
-        if record is not None and record.supervisor.pid == proc.pid and record.state == "READY":
-            show([line for line in said() if "is ready at" in line])
-            server = record.server.pid if record.server else "-"
-            console.print(
-                f"infersup: {profile_id} runs in the background (supervisor pid {proc.pid}, "
-                f"server pid {server})\n  follow it: infersup status {profile_id} | "
-                f"infersup logs -f {profile_id} | infersup stop {profile_id}",
-                markup=False,
-                highlight=False,
-            )
-            return
-        time.sleep(0.05)
-    state = record.state if record is not None and record.supervisor.pid == proc.pid else "?"
-    console.print(
+    pid = started.supervisor_pid
+    follow = (
+        f"infersup status {profile_id} | infersup logs -f {profile_id} | infersup stop {profile_id}"
+    )
+    if started.outcome == "ready":
+        say("\n".join(line for line in started.output if "is ready at" in line))
+        record = started.record
+        server = record.server.pid if record is not None and record.server else "-"
+        say(
+            f"infersup: {profile_id} runs in the background (supervisor pid {pid}, "
+            f"server pid {server})\n  follow it: {follow}"
+        )
+        return
+    state = started.record.state if started.record is not None else "starting"
+    say(
         f"infersup: {profile_id} is still {state} after {DETACH_WAIT_S:g}s; it goes on in the "
-        f"background (supervisor pid {proc.pid}): infersup status {profile_id}",
-        markup=False,
-        highlight=False,
+        f"background (supervisor pid {pid})\n  follow it: {follow}"
     )
 
 
