@@ -758,3 +758,15 @@ def test_an_unsafe_fallback_degrades_the_lease(
     assert len(warnings) == 1 and "group- or world-writable" in warnings[0]
     lease.release()
     assert list(fallback.iterdir()) == []
+
+
+def test_status_uptime_ignores_a_wall_clock_jump(root: Path) -> None:
+    """Reliability row 24 for `status`: uptime comes from the monotonic clock."""
+    with Lease("tiny", root=root) as lease:
+        lease.write(make_record(supervisor=lease.supervisor, ready_monotonic=500.0))
+        [row] = status_rows(root=root, now=lambda: 1000.0 - 3600.0, monotonic=lambda: 542.0)
+        assert row.live and row.uptime_s == 42.0
+        [row] = status_rows(root=root, now=lambda: 1000.0 + 86400.0, monotonic=lambda: 542.0)
+        assert row.uptime_s == 42.0
+    record = read_record("tiny", root)
+    assert record is not None and record.ready_monotonic == 500.0  # kept in the file

@@ -68,6 +68,7 @@ class Recorder:
             log_path=self.log_path,
             detached=os.environ.get(ENV_DETACHED) == "1",
             tree_token=child.token if isinstance(child, ServerProcess) else None,
+            ready_monotonic=sup.ready_at,
         )
         self.lease.write(self.record)
 

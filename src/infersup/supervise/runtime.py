@@ -321,6 +321,9 @@ class StateRecord:
     # set by Lease.release (or by the cleanup of a killed supervisor's record):
     # the supervisor is done with this profile and its tree is gone
     ended_at: float | None = None
+    # time.monotonic() at READY: CLOCK_MONOTONIC is one clock for the whole
+    # machine, so `status` computes uptime with it, immune to wall-clock jumps
+    ready_monotonic: float | None = None
 
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = {"version": RECORD_VERSION}
@@ -357,6 +360,7 @@ class StateRecord:
             detached=bool(data.get("detached", False)),
             tree_token=_opt(data.get("tree_token"), _str, "tree_token"),
             ended_at=_opt(data.get("ended_at"), _float, "ended_at"),
+            ready_monotonic=_opt(data.get("ready_monotonic"), _float, "ready_monotonic"),
         )
 
 
@@ -900,6 +904,7 @@ def status_rows(
     *,
     root: Path | None = None,
     now: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> list[StatusRow]:
     """Rows for every profile with a record (or just ``profile_id``; empty if it has none)."""
     root = runtime_dir() if root is None else root
@@ -908,10 +913,10 @@ def status_rows(
         records = [one] if one is not None else []
     else:
         records = read_records(root)
-    return [_row(r, now()) for r in records]
+    return [_row(r, now(), monotonic()) for r in records]
 
 
-def _row(record: StateRecord, now: float) -> StatusRow:
+def _row(record: StateRecord, now: float, monotonic: float) -> StatusRow:
     live = is_live(record)
     stale = record.ended_at is None and not live
     orphans: list[int] = []
@@ -919,7 +924,9 @@ def _row(record: StateRecord, now: float) -> StatusRow:
         leader, _, rest = _orphans(record)
         orphans = ([leader.pid] if leader is not None else []) + sorted(p.pid for p in rest)
     uptime = None
-    if live:
+    if live and record.ready_monotonic is not None:  # a live supervisor: this boot
+        uptime = max(0.0, monotonic - record.ready_monotonic)
+    elif live:
         uptime = max(
             0.0, now - (record.ready_at if record.ready_at is not None else record.started_at)
         )
