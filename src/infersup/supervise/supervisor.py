@@ -28,6 +28,7 @@ failure whatever its output did.
 from __future__ import annotations
 
 import signal
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -50,6 +51,7 @@ TAIL_LINES = 200  # lines handed to the classifier
 # A process that outlives SIGKILL this long is in uninterruptible sleep (a
 # wedged driver): report it and stop waiting, rather than hang in STOPPING.
 KILL_WAIT_S = 10.0
+HISTORY = 1000  # transitions kept in memory
 
 
 class Child(Protocol):
@@ -151,7 +153,9 @@ class Supervisor:
         self._on_message = on_message
         self._on_server_end = on_server_end
         self.state = State.STOPPED
-        self.history: list[Transition] = []
+        # the recent transitions (all of them are in the events log): bounded,
+        # a server restarted every minute for months must not grow this
+        self.history: deque[Transition] = deque(maxlen=HISTORY)
         self.child: Child | None = None
         self.spawns = 0
         self.restarts = 0
