@@ -279,6 +279,102 @@ def inherited_server_env(
 
 
 @app.command()
+def inspect(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL_OR_PROFILE", help="A GGUF file (first shard) or a profile id."
+        ),
+    ],
+    profiles: ProfilesOpt = None,
+    models_dir: ModelsDirOpt = None,
+    cache_type_k: Annotated[
+        str, typer.Option("--cache-type-k", metavar="TYPE", help="KV cache type for K.")
+    ] = "f16",
+    cache_type_v: Annotated[
+        str, typer.Option("--cache-type-v", metavar="TYPE", help="KV cache type for V.")
+    ] = "f16",
+    as_json: JsonOpt = False,
+) -> None:
+    """What a GGUF model is, from its headers only: architecture, layers, experts,
+    heads and GQA ratio, context, quantization mix, sizes, KV cache per token."""
+    from infersup.gguf.facts import inspect_model
+    from infersup.models import human_size
+
+    try:
+        path = _model_path(target, profiles, models_dir)
+        facts = inspect_model(path)
+        kv = facts.kv_bytes_per_token(cache_type_k, cache_type_v)  # checks the types too
+    except InfersupError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(facts.to_json(cache_type_k, cache_type_v), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+
+    def row(name: str, value: object) -> None:
+        if value is not None:
+            table.add_row(name, str(value))
+
+    row("file", facts.path)
+    row("architecture", facts.arch + (f" ({facts.name})" if facts.name else ""))
+    row("parameters", f"{facts.params / 1e9:.2f} B" if facts.params >= 1e8 else f"{facts.params:,}")
+    row("layers", f"{facts.n_layers} ({facts.dense_layers} dense, {facts.moe_layers} MoE)")
+    if facts.n_experts:
+        shared = f", {facts.n_experts_shared} shared" if facts.n_experts_shared else ""
+        row("experts", f"{facts.n_experts} total, {facts.n_experts_used} used{shared}")
+    if facts.n_heads is not None:
+        ratio = f", GQA {facts.gqa_ratio:g}" if facts.gqa_ratio is not None else ""
+        heads, kv_heads = _per_layer(facts.n_heads), _per_layer(facts.n_kv_heads)
+        row("attention heads", f"{heads} (KV {kv_heads}{ratio})" + (" MLA" if facts.is_mla else ""))
+    if facts.head_dim_k is not None:
+        row("head size", f"K {facts.head_dim_k}, V {facts.head_dim_v}")
+    row("context trained", facts.ctx_train)
+    mix = ", ".join(
+        f"{t} {human_size(n)}" for t, n in sorted(facts.quant_mix.items(), key=lambda kv: -kv[1])
+    )
+    row("quantization", mix)
+    row(
+        "tensors",
+        f"experts {human_size(facts.expert_bytes)}, other {human_size(facts.non_expert_bytes)}, "
+        f"output {human_size(facts.output_bytes)}",
+    )
+    row("kv cache", f"{human_size(kv)} per token ({cache_type_k}/{cache_type_v})")
+    if len(facts.shards) > 1:
+        for shard in facts.shards:
+            row("shard", f"{shard.path.name} {human_size(shard.size)}")
+    row("size", human_size(facts.total_size))
+    Console(highlight=False).print(table)
+
+
+def _per_layer(value: int | tuple[int, ...] | None) -> str:
+    """One number, or the distinct per-layer values."""
+    if isinstance(value, tuple):
+        return "/".join(str(v) for v in sorted(set(value))) + " per layer"
+    return str(value)
+
+
+def _model_path(target: str, profiles: list[str] | None, models_dir: str | None) -> Path:
+    """A file path as given, else the model of the profile with that id."""
+    candidate = Path(target)
+    if candidate.suffix == ".gguf" or candidate.exists():
+        return candidate
+    profile = _catalog(profiles).load(target)
+    location = _locate(profile, models_dir)
+    if not location.is_path:
+        raise InfersupError(
+            f"profile '{target}' names {location.arg!r}, not a local GGUF file",
+            hint="inspect reads GGUF headers; SGLang hub ids are not inspected",
+        )
+    return Path(location.arg)
+
+
+@app.command()
 def run(
     profile_id: Annotated[str, typer.Argument(metavar="ID", help="Profile id.")],
     profiles: ProfilesOpt = None,
