@@ -386,7 +386,8 @@ def test_fake_sglang_process_tree_and_graceful_stop(tmp_path: Path) -> None:
         assert main == child.proc.pid and len(workers) == 2
         assert [os.getpgid(p) for p in pids] == [main] * 3
         assert [psutil.Process(p).ppid() for p in workers] == [main] * 2
-        assert [psutil.Process(p).name() for p in workers] == ["sglang::schedul", "sglang::detoken"]
+        expected = ["sglang::schedul", "sglang::detoken"]  # each names itself once it runs
+        wait_for(lambda: [psutil.Process(p).name() for p in workers] == expected, "the names")
         names = [
             line.split("{")[0]
             for line in get(port, "/metrics")[1].decode().splitlines()
