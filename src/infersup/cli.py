@@ -279,6 +279,66 @@ def inherited_server_env(
 
 
 @app.command()
+def validate(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[PATH]...",
+            help="Profile dirs, YAML files, models.conf. Default: the usual profile lookup.",
+            show_default=False,
+        ),
+    ] = None,
+    models_dir: ModelsDirOpt = None,
+    server_bin: ServerBinOpt = None,
+    python: PythonOpt = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too (exit 1).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Lint profiles before a GPU hour is wasted: schema, flags the server does not have,
+    and the known traps (fit disabled, ubatch = batch, flash attention on GQA 20, ...)."""
+    from infersup.errors import UsageError
+    from infersup.validate import Finding, exit_code
+    from infersup.validate import validate as run_rules
+
+    missing = [p for p in paths or () if not Path(p).exists()]
+    if missing:
+        _fail(UsageError(f"no such file or directory: {', '.join(missing)}"))
+    try:
+        findings = run_rules(paths, models_dir=models_dir, server_bin=server_bin, python=python)
+    except InfersupError as exc:
+        _fail(exc)
+    code = exit_code(findings, strict=strict)
+    if as_json:
+        print(json.dumps([f.to_json() for f in findings], indent=2))
+        raise typer.Exit(code)
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(highlight=False, soft_wrap=True)
+    colours = {"error": "bold red", "warning": "yellow", "info": "dim"}
+    by_file: dict[str, list[Finding]] = {}
+    for finding in findings:
+        by_file.setdefault(finding.file, []).append(finding)
+    for file, group in by_file.items():
+        console.print(f"[bold]{escape(file)}[/]")
+        for f in group:
+            colour = colours.get(f.severity, "")
+            where = f"[{f.profile}] {f.key}" if f.profile else f.key
+            console.print(
+                f"  [{colour}]{f.severity:7}[/] {escape(f.rule)}  {escape(where)}: "
+                f"{escape(f.message)}"
+            )
+            if f.fix:
+                console.print(f"      [dim]fix:[/] {escape(f.fix)}")
+            if f.ref:
+                console.print(f"      [dim]why:[/] {escape(f.ref)}")
+    counts = {s: sum(1 for f in findings if f.severity == s) for s in ("error", "warning", "info")}
+    summary = ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items())
+    _err_console().print(f"validate: {summary}" + (" (strict)" if strict else ""), markup=False)
+    raise typer.Exit(code)
+
+
+@app.command()
 def inspect(
     target: Annotated[
         str,

@@ -34,7 +34,7 @@ GOLDEN: dict[str, list[str]] = {
         "llama-server",
         "--model", "models/GLM-4.7-Flash-Q8_0.gguf",
         "--host", "127.0.0.1",
-        "--port", "8080",
+        "--port", "8082",
         "--ctx-size", "131072",
         "--n-gpu-layers", "auto",
         "--fit", "on",
