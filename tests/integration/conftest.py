@@ -60,6 +60,20 @@ def smollm2() -> Path:
     return SMOLLM2
 
 
+def infersup(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """`python -m infersup ARGS...` from the repo root, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "infersup", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=timeout,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,23 +15,11 @@ import psutil
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.conftest import TEST_MARK, free_port, marked_processes
+from tests.integration.conftest import TEST_MARK, free_port, infersup, marked_processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 MISBEHAVE = str(REPO / "tests" / "children" / "misbehave.py")
-
-
-def infersup(
-    *args: str, env: dict[str, str], timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "infersup", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture

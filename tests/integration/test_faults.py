@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ import pytest
 from infersup.supervise.logfile import log_files
 from tests.conftest import REPO
 from tests.ggufgen import write_tiny_llama
-from tests.integration.conftest import Run, free_port, group_gone, http
+from tests.integration.conftest import Run, free_port, group_gone, http, infersup
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -642,9 +641,7 @@ def test_row20_next_run_reaps_what_a_killed_supervisor_left(mis: Misbehave, tmp_
     run.proc.wait()
     time.sleep(0.2)
     assert all(alive(p) for p in workers)  # a setsid worker outlives pdeathsig
-    status = subprocess.run(
-        [sys.executable, "-m", "infersup", "status", "reap"], capture_output=True, text=True
-    )
+    status = infersup("status", "reap")
     assert "supervisor killed" in status.stdout
     (tmp_path / "pids").unlink()
     again = mis("reap", "setsid-escape")
@@ -686,9 +683,7 @@ def test_row22_stop_while_starting_wins_once(mis: Misbehave, tmp_path: Path) -> 
     second = mis("ctl", "slow-start", LOAD_S="20")
     assert second.proc.wait(timeout=30) == 1
     assert f"pid {run.proc.pid}" in second.err_text()  # refused, naming the running one
-    stopped = subprocess.run(
-        [sys.executable, "-m", "infersup", "stop", "ctl"], capture_output=True, text=True
-    )
+    stopped = infersup("stop", "ctl")
     assert stopped.returncode == 0, stopped.stderr
     assert run.proc.wait(timeout=30) == 143
     assert states(run, "ctl") == ["STARTING", "STOPPING", "STOPPED"]

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.integration.conftest import infersup
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-def infersup(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "infersup", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=30,
-    )
 
 
 def test_inspect_a_file_and_a_profile_agree(smollm2: Path) -> None:

@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
+from tests.integration.conftest import infersup
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 BAD = REPO / "tests" / "data" / "bad"
-
-
-def infersup(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "infersup", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=30,
-    )
 
 
 def test_the_shipped_profiles_validate_clean_even_strict() -> None:

@@ -169,7 +169,7 @@ def sweep(pgid: int, known: Iterable[psutil.Process], *, grace_s: float) -> int:
     itself).
     """
     _reap(pgid, known)
-    procs = [p for p in known if _alive(p)]
+    procs = [p for p in known if alive(p)]
     if not procs and not _group_alive(pgid):
         return 0
     counted = {p.pid for p in procs}
@@ -181,7 +181,7 @@ def sweep(pgid: int, known: Iterable[psutil.Process], *, grace_s: float) -> int:
     pause = 0.001  # most trees are gone within a millisecond of TERM: look again soon
     while time.monotonic() < deadline:
         _reap(pgid, procs)
-        if not _group_alive(pgid) and not any(_alive(p) for p in procs):
+        if not _group_alive(pgid) and not any(alive(p) for p in procs):
             break
         time.sleep(pause)
         pause = min(pause * 2, 0.02)
@@ -189,7 +189,7 @@ def sweep(pgid: int, known: Iterable[psutil.Process], *, grace_s: float) -> int:
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.kill()
-    psutil.wait_procs([p for p in procs if _alive(p)], timeout=1.0)
+    psutil.wait_procs([p for p in procs if alive(p)], timeout=1.0)
     _reap(pgid, procs)
     return len(counted)
 
@@ -210,7 +210,8 @@ def _reap(pgid: int, procs: Iterable[psutil.Process]) -> None:
             os.waitpid(p.pid, os.WNOHANG)
 
 
-def _alive(p: psutil.Process) -> bool:
+def alive(p: psutil.Process) -> bool:
+    """Running and not a zombie (psutil re-checks the identity: a reused pid is not it)."""
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:

@@ -66,6 +66,7 @@ import psutil
 
 from infersup.errors import InfersupError
 from infersup.supervise.process import TREE_TOKEN
+from infersup.supervise.process import alive as _running
 
 ENV_RUNTIME_DIR = "INFERSUP_RUNTIME_DIR"
 RECORD_VERSION = 1
@@ -557,13 +558,6 @@ def _ancestors(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).parents()
     except psutil.Error:
         return []
-
-
-def _running(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
